@@ -1,11 +1,11 @@
 //! The walker, batcher and freer shared by every format.
 
 use core::sync::atomic::Ordering::Relaxed;
-use core::sync::atomic::{Ordering, fence};
+use core::sync::atomic::{AtomicU64, Ordering, fence};
 
 use super::format::{Format, Perm, Pte};
 use super::gather::Gather;
-use super::memory::{ENTRIES, Table, TableMemory};
+use super::memory::{ENTRIES, TableMemory};
 use super::{PAGE_SIZE, level_shift, level_size};
 use crate::{Hpa, Iova};
 
@@ -129,7 +129,7 @@ impl<F: Format> PageTable<F> {
             return Err(PtError::OutputOutOfRange);
         }
         let top = self.fmt.levels() - 1;
-        match self.map_level(mem, self.root, top, iova.raw(), end, hpa.raw(), perm, gather) {
+        match self.map_level(mem, self.root, top, iova.raw(), end, hpa.raw(), perm, false, gather) {
             Ok(()) => Ok(()),
             Err(stop) => {
                 if stop.at > iova.raw() {
@@ -150,12 +150,13 @@ impl<F: Format> PageTable<F> {
         end: u64,
         mut hpa: u64,
         perm: Perm,
+        fresh: bool,
         gather: &mut Gather,
     ) -> Result<(), Stop> {
         let shift = level_shift(level);
         let mut idx = (iova >> shift) as usize % ENTRIES;
         if level == 0 {
-            return self.map_pages(mem, table, idx, iova, end, hpa, perm);
+            return self.map_pages(mem, table, idx, iova, end, hpa, perm, fresh);
         }
         let size = 1u64 << shift;
         let leaf_ok = self.huge && self.fmt.leaf_sizes().allows(level);
@@ -175,7 +176,7 @@ impl<F: Format> PageTable<F> {
                     fence(Ordering::Release);
                     mem.table(table)[idx].store(self.fmt.table(level, next), Relaxed);
                     mem.sync_entries(table, idx, 1);
-                    if let Err(stop) = self.map_level(mem, next, level - 1, iova, chunk_end, hpa, perm, gather) {
+                    if let Err(stop) = self.map_level(mem, next, level - 1, iova, chunk_end, hpa, perm, true, gather) {
                         if stop.at == iova {
                             // Nothing went into the fresh table: unlink it
                             // again, so that no empty table stays behind.
@@ -186,7 +187,7 @@ impl<F: Format> PageTable<F> {
                         return Err(stop);
                     }
                 }
-                Pte::Table(next) => self.map_level(mem, next, level - 1, iova, chunk_end, hpa, perm, gather)?,
+                Pte::Table(next) => self.map_level(mem, next, level - 1, iova, chunk_end, hpa, perm, fresh, gather)?,
                 Pte::Leaf { .. } => return Err(Stop { at: iova, err: PtError::Exists(Iova(iova)) }),
             }
             hpa += chunk_end - iova;
@@ -196,7 +197,9 @@ impl<F: Format> PageTable<F> {
         Ok(())
     }
 
-    /// The batched inner loop: consecutive 4 KiB leaves in one table.
+    /// The batched inner loop: consecutive 4 KiB leaves in one table. A
+    /// `fresh` table (allocated by this map) is known to be empty, so only
+    /// tables that existed before are checked for present entries.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn map_pages<M: TableMemory>(
@@ -208,10 +211,19 @@ impl<F: Format> PageTable<F> {
         end: u64,
         hpa: u64,
         perm: Perm,
+        fresh: bool,
     ) -> Result<(), Stop> {
         let count = ((end - iova) / PAGE_SIZE).min((ENTRIES - first) as u64) as usize;
         let entries = &mem.table(table)[first..first + count];
         let mut pte = self.fmt.leaf(0, Hpa(hpa), perm);
+        if fresh {
+            for slot in entries {
+                slot.store(pte, Relaxed);
+                pte += PAGE_SIZE;
+            }
+            mem.sync_entries(table, first, count);
+            return Ok(());
+        }
         for (k, slot) in entries.iter().enumerate() {
             if self.fmt.is_present(slot.load(Relaxed)) {
                 mem.sync_entries(table, first, k);
@@ -276,7 +288,18 @@ impl<F: Format> PageTable<F> {
                 Pte::Table(next) => {
                     bytes += self.unmap_level(mem, next, level - 1, iova, chunk_end, gather);
                     let whole = chunk_end - iova == size;
-                    if whole || self.is_empty(mem.table(next)) {
+                    let empty = whole
+                        || if level == 1 {
+                            // Every 4 KiB entry in the range was just
+                            // cleared: only the others can still be present.
+                            let first = (iova >> level_shift(0)) as usize % ENTRIES;
+                            let count = ((chunk_end - iova) / PAGE_SIZE) as usize;
+                            let t = mem.table(next);
+                            self.none_present(&t[..first]) && self.none_present(&t[first + count..])
+                        } else {
+                            self.none_present(mem.table(next))
+                        };
+                    if empty {
                         mem.table(table)[idx].store(0, Relaxed);
                         mem.sync_entries(table, idx, 1);
                         gather.add_freed_table(next);
@@ -308,8 +331,8 @@ impl<F: Format> PageTable<F> {
         cleared * PAGE_SIZE
     }
 
-    fn is_empty(&self, table: &Table) -> bool {
-        !table.iter().any(|e| self.fmt.is_present(e.load(Relaxed)))
+    fn none_present(&self, entries: &[AtomicU64]) -> bool {
+        !entries.iter().any(|e| self.fmt.is_present(e.load(Relaxed)))
     }
 
     /// What translates `iova`, read from the table the way the engine wrote

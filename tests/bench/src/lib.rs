@@ -1,1 +1,1 @@
-//! Shared helpers for the benchmarks.
+//! Shared helpers for the benchmarks (none yet: each bench is one file).

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every test of Sluice. This is the README's test command and what CI runs.
+#   1. installs what is missing (Rust bare-metal targets, QEMU) via tools/install-deps.sh;
+#   2. checks that kernel/ has no unsafe code;
+#   3. builds the core for both bare-metal targets (it must stay no_std);
+#   4. clippy with warnings as errors;
+#   5. all host tests (unit, bit-exact, spec-walker, model-based property tests);
+#   6. compiles the benchmarks (they are run by hand: `cargo bench`, see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+./tools/install-deps.sh --qemu
+
+step "kernel/ forbids unsafe"
+if grep -rn --include='*.rs' -E '\bunsafe\b' kernel | grep -v -E '^[^:]+:[0-9]+:\s*//' | grep -v 'forbid(unsafe_code)'; then
+  echo "kernel/ must not contain unsafe code" >&2
+  exit 1
+fi
+echo "ok"
+
+step "core builds for bare metal"
+for t in x86_64-unknown-none aarch64-unknown-none; do
+  cargo build --locked -q -p sluice-kernel --target "$t"
+  echo "ok: $t"
+done
+
+step "clippy"
+cargo clippy --locked -q --workspace --all-targets -- -D warnings
+cargo clippy --locked -q -p sluice-kernel --target aarch64-unknown-none -- -D warnings
+echo "ok"
+
+step "host tests"
+status=0
+mkdir -p target
+cargo test --locked --workspace 2>&1 | tee target/test-all.log || status=$?
+read -r passed failed < <(awk '/^test result/ {
+    for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+  END { print p + 0, f + 0 }' target/test-all.log)
+
+step "benchmarks compile"
+cargo bench --locked -q --workspace --no-run 2>&1 | grep -v '^\s*Executable' || true
+
+echo
+echo "host tests: ${passed} passed, ${failed} failed"
+exit "$status"
