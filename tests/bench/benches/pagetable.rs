@@ -255,7 +255,7 @@ fn aarch64_paging_gib(blocks: bool, rows: &mut Vec<Row>, mem_rows: &mut Vec<MemR
         | Stage2Attributes::ACCESS_FLAG;
     let constraints = if blocks { Constraints::empty() } else { Constraints::NO_BLOCK_MAPPINGS };
     let region = MemoryRegion::new(IOVA as usize, (IOVA + GIB) as usize);
-    let (mut map, mut unmap, mut tables) = (Vec::new(), Vec::new(), 0);
+    let (mut map, mut unmap, mut tables, mut tables_after) = (Vec::new(), Vec::new(), 0, 0);
     for _ in 0..runs() {
         let translation = CountingTranslation { inner: IdTranslation::new(), live: 0 };
         let mut m = Mapping::new(translation, 0, Stage2);
@@ -264,11 +264,17 @@ fn aarch64_paging_gib(blocks: bool, rows: &mut Vec<Row>, mem_rows: &mut Vec<MemR
         unmap.push(time(|| {
             m.map_range(&region, PhysicalAddress(HPA as usize), attrs - Stage2Attributes::VALID, constraints).unwrap();
         }));
+        tables_after = m.translation().live;
     }
     let leaves = if blocks { "blocks allowed" } else { "4 KiB pages" };
     let per = PAGES_PER_GIB as f64;
     row(rows, format!("aarch64-paging stage 2: map 1 GiB, {leaves}"), scaled(stat(map), per), "one map_range");
-    row(rows, format!("aarch64-paging stage 2: unmap 1 GiB, {leaves}"), scaled(stat(unmap), per), "map_range without VALID");
+    row(
+        rows,
+        format!("aarch64-paging stage 2: unmap 1 GiB, {leaves}"),
+        scaled(stat(unmap), per),
+        format!("map_range without VALID; {tables_after} of {tables} tables still allocated after"),
+    );
     mem_rows.push(MemRow { what: format!("aarch64-paging stage 2, {leaves}"), tables });
 }
 
