@@ -59,7 +59,7 @@ fn vtd_snoop_only_in_leaves_and_only_when_asked() {
 fn arm_stage2_entries() {
     let mut mem = VecTableMemory::new(Hpa(POOL));
     let fmt = ArmStage2::new(40, 44, LeafSizes::all()).unwrap();
-    assert_eq!((fmt.t0sz(), fmt.sl0(), fmt.levels()), (24, 2, 4));
+    assert_eq!((fmt.t0sz(), fmt.sl0(), fmt.geometry().levels), (24, 2, 4));
     let mut pt = PageTable::new(fmt, &mut mem).unwrap();
     map(&mut pt, &mut mem, 0x1000, 0x1234_5000, 0x1000, RW);
     map(&mut pt, &mut mem, 0x2000, 0x1234_6000, 0x1000, Perm::READ);
@@ -81,11 +81,11 @@ fn arm_stage2_entries() {
 #[test]
 fn arm_stage2_three_levels_for_small_ipa() {
     let fmt = ArmStage2::new(36, 40, LeafSizes::all()).unwrap();
-    assert_eq!((fmt.t0sz(), fmt.sl0(), fmt.levels()), (28, 1, 3));
+    assert_eq!((fmt.t0sz(), fmt.sl0(), fmt.geometry().levels), (28, 1, 3));
     let fmt = ArmStage2::new(32, 40, LeafSizes::all()).unwrap();
-    assert_eq!((fmt.t0sz(), fmt.sl0(), fmt.levels()), (32, 1, 3));
+    assert_eq!((fmt.t0sz(), fmt.sl0(), fmt.geometry().levels), (32, 1, 3));
     let fmt = ArmStage2::new(48, 48, LeafSizes::all()).unwrap();
-    assert_eq!((fmt.t0sz(), fmt.sl0(), fmt.levels()), (16, 2, 4));
+    assert_eq!((fmt.t0sz(), fmt.sl0(), fmt.geometry().levels), (16, 2, 4));
     assert!(ArmStage2::new(31, 40, LeafSizes::all()).is_err());
     assert!(ArmStage2::new(49, 40, LeafSizes::all()).is_err());
     assert!(ArmStage2::new(40, 52, LeafSizes::all()).is_err());

@@ -112,16 +112,16 @@ fn new_fails_cleanly_without_memory() {
 
 #[test]
 fn format_constructors_reject_what_hardware_cannot_do() {
-    use sluice_kernel::pt::{ArmStage1, VtdError, VmsaError};
+    use sluice_kernel::pt::{ArmStage1, Format, VmsaError, VtdError};
     assert_eq!(VtdSecondLevel::new(5, 48, LeafSizes::all(), false), Err(VtdError::BadLevels(5)));
     assert_eq!(VtdSecondLevel::new(4, 53, LeafSizes::all(), false), Err(VtdError::BadOutputBits(53)));
     assert_eq!(VtdSecondLevel::from_caps(0b0001, 0, 48, false), Err(VtdError::NoSupportedWidth));
     // QEMU aw-bits=48: SAGAW 39|48, SLLPS 2M|1G.
     let f = VtdSecondLevel::from_caps(0b0110, 0b0011, 48, false).unwrap();
-    assert_eq!((sluice_kernel::pt::Format::levels(&f), f.context_aw()), (4, 2));
+    assert_eq!((f.geometry().levels, f.context_aw()), (4, 2));
     let f = VtdSecondLevel::from_caps(0b0010, 0b0001, 39, false).unwrap();
-    assert_eq!((sluice_kernel::pt::Format::levels(&f), f.context_aw()), (3, 1));
-    assert_eq!(sluice_kernel::pt::Format::leaf_sizes(&f), LeafSizes::SZ_2M);
+    assert_eq!((f.geometry().levels, f.context_aw()), (3, 1));
+    assert_eq!(f.geometry().leaf_sizes, LeafSizes::SZ_2M);
     assert_eq!(ArmStage1::new(48, 44, LeafSizes::all(), 8), Err(VmsaError::BadAttrIndex(8)));
     assert_eq!(ArmStage1::new(30, 44, LeafSizes::all(), 0), Err(VmsaError::BadInputBits(30)));
 }

@@ -112,7 +112,7 @@ impl Model {
                 .into_iter()
                 .zip([2u32, 1, 0])
                 .find(|&(s, level)| {
-                    (level == 0 || (huge && fmt.leaf_sizes().allows(level))) && p % s == 0 && h % s == 0 && end - p >= s
+                    (level == 0 || (huge && fmt.geometry().leaf_sizes.allows(level))) && p % s == 0 && h % s == 0 && end - p >= s
                 })
                 .unwrap()
                 .0;

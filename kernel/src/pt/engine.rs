@@ -95,7 +95,7 @@ impl<F: Format> PageTable<F> {
     }
 
     fn input_limit(&self) -> u64 {
-        1u64 << self.fmt.input_bits()
+        1u64 << self.fmt.geometry().input_bits
     }
 
     /// Map `[iova, iova + len)` to `[hpa, hpa + len)` with `perm`, using the
@@ -125,10 +125,10 @@ impl<F: Format> PageTable<F> {
             return Err(PtError::InputOutOfRange);
         }
         let out_end = hpa.checked_add(len).ok_or(PtError::OutputOutOfRange)?.raw();
-        if out_end > 1u64 << self.fmt.output_bits() {
+        if out_end > 1u64 << self.fmt.geometry().output_bits {
             return Err(PtError::OutputOutOfRange);
         }
-        let top = self.fmt.levels() - 1;
+        let top = self.fmt.geometry().levels - 1;
         match self.map_level(mem, self.root, top, iova.raw(), end, hpa.raw(), perm, false, gather) {
             Ok(()) => Ok(()),
             Err(stop) => {
@@ -159,7 +159,7 @@ impl<F: Format> PageTable<F> {
             return self.map_pages(mem, table, idx, iova, end, hpa, perm, fresh);
         }
         let size = 1u64 << shift;
-        let leaf_ok = self.huge && self.fmt.leaf_sizes().allows(level);
+        let leaf_ok = self.huge && self.fmt.geometry().leaf_sizes.allows(level);
         while iova < end && idx < ENTRIES {
             let chunk_end = end.min((iova & !(size - 1)) + size);
             let whole = leaf_ok && (iova | hpa) & (size - 1) == 0 && chunk_end - iova == size;
@@ -260,7 +260,7 @@ impl<F: Format> PageTable<F> {
                 return Err(PtError::SplitsLeaf(Iova(end - 1)));
             }
         }
-        Ok(self.unmap_level(mem, self.root, self.fmt.levels() - 1, iova.raw(), end, gather))
+        Ok(self.unmap_level(mem, self.root, self.fmt.geometry().levels - 1, iova.raw(), end, gather))
     }
 
     /// Clear `[iova, end)` below `table`, which no leaf sticks out of.
@@ -343,7 +343,7 @@ impl<F: Format> PageTable<F> {
             return None;
         }
         let mut table = self.root;
-        for level in (0..self.fmt.levels()).rev() {
+        for level in (0..self.fmt.geometry().levels).rev() {
             let idx = (iova.raw() >> level_shift(level)) as usize % ENTRIES;
             match self.fmt.decode(level, mem.table(table)[idx].load(Relaxed)) {
                 Pte::Absent => return None,
@@ -360,7 +360,7 @@ impl<F: Format> PageTable<F> {
 
     /// Call `f(level, table)` for every table of the tree, root first.
     pub fn for_each_table<M: TableMemory>(&self, mem: &M, mut f: impl FnMut(u32, Hpa)) {
-        self.visit(mem, self.root, self.fmt.levels() - 1, &mut f);
+        self.visit(mem, self.root, self.fmt.geometry().levels - 1, &mut f);
     }
 
     fn visit<M: TableMemory>(&self, mem: &M, table: Hpa, level: u32, f: &mut impl FnMut(u32, Hpa)) {
@@ -379,7 +379,7 @@ impl<F: Format> PageTable<F> {
     /// included, ends up in `gather`: free them after the IOMMUs that used
     /// this tree stopped using it and were invalidated.
     pub fn destroy<M: TableMemory>(self, mem: &mut M, gather: &mut Gather) {
-        self.unmap_level(mem, self.root, self.fmt.levels() - 1, 0, self.input_limit(), gather);
+        self.unmap_level(mem, self.root, self.fmt.geometry().levels - 1, 0, self.input_limit(), gather);
         gather.add_freed_table(self.root);
     }
 }

@@ -54,23 +54,30 @@ pub enum Pte {
     },
 }
 
+/// The sizes of a tree: what every format has, whatever its encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Number of levels of the tree; the root is at `levels - 1`.
+    pub levels: u32,
+    /// Width of the input (IOVA) address space in bits.
+    pub input_bits: u32,
+    /// Width of output addresses in bits: no output address may reach
+    /// `1 << output_bits`.
+    pub output_bits: u32,
+    /// Leaf sizes above 4 KiB the format (and the unit it is for) allows.
+    pub leaf_sizes: LeafSizes,
+}
+
 /// The encoding of one page-table format with a 4 KiB granule and 512
 /// entries per table. The engine does everything else.
 ///
 /// Levels count from the leaves: level 0 maps 4 KiB, level 1 2 MiB, level 2
-/// 1 GiB; the root is at `levels() - 1`.
+/// 1 GiB; the root is at `geometry().levels - 1`.
 pub trait Format {
-    /// Number of levels of the tree.
-    fn levels(&self) -> u32;
-    /// Width of the input (IOVA) address space in bits.
-    fn input_bits(&self) -> u32;
-    /// Width of output addresses in bits: no output address may reach
-    /// `1 << output_bits()`.
-    fn output_bits(&self) -> u32;
-    /// Leaf sizes above 4 KiB the format (and the unit it is for) allows.
-    fn leaf_sizes(&self) -> LeafSizes;
+    /// The sizes of trees in this format.
+    fn geometry(&self) -> &Geometry;
     /// The leaf entry for `hpa` at `level` with `perm`. `hpa` is aligned to
-    /// the level's size and below `1 << output_bits()`; `perm` is not empty.
+    /// the level's size and below `1 << output_bits`; `perm` is not empty.
     ///
     /// Formats must encode the address in bits 12 and up unchanged, so that
     /// the entry for `hpa + n * size` is this entry plus `n * size`.

@@ -5,7 +5,7 @@
 //! entry is encoded, in the spirit of Linux's generic_pt. All three formats
 //! share the 4 KiB granule and 512 eight-byte entries per table, so the walk
 //! is the same: level 0 maps 4 KiB, level 1 2 MiB, level 2 1 GiB, level 3
-//! 512 GiB, and the root is level `levels() - 1`.
+//! 512 GiB, and the root is level `geometry().levels - 1`.
 //!
 //! Table pages come from a [`TableMemory`]: the hypervisor's buddy allocator
 //! on the target, [`VecTableMemory`] on the host. Entries are written with
@@ -20,7 +20,7 @@ mod vmsa;
 mod vtd;
 
 pub use engine::{PageTable, PtError, Translation};
-pub use format::{Format, LeafSizes, Perm, Pte};
+pub use format::{Format, Geometry, LeafSizes, Perm, Pte};
 pub use gather::Gather;
 pub use memory::{TableMemory, VecTableMemory, ENTRIES, TABLE_BYTES, Table};
 pub use vmsa::{ArmStage1, ArmStage2, MAIR_NORMAL_WB, VmsaError};

@@ -7,7 +7,7 @@
 //! S2AP[7:6], SH[9:8], AF[10]; stage 1 AttrIndx[4:2], AP[7:6], SH[9:8],
 //! AF[10], nG[11]; upper attributes: PXN[53], UXN/XN[54].
 
-use super::format::{Format, LeafSizes, Perm, Pte};
+use super::format::{Format, Geometry, LeafSizes, Perm, Pte};
 use crate::Hpa;
 
 const VALID: u64 = 1 << 0;
@@ -42,7 +42,7 @@ pub enum VmsaError {
     BadAttrIndex(u8),
 }
 
-fn check_bits(input_bits: u32, output_bits: u32) -> Result<u32, VmsaError> {
+fn geometry(input_bits: u32, output_bits: u32, leaf_sizes: LeafSizes) -> Result<Geometry, VmsaError> {
     if !(32..=48).contains(&input_bits) {
         return Err(VmsaError::BadInputBits(input_bits));
     }
@@ -51,7 +51,12 @@ fn check_bits(input_bits: u32, output_bits: u32) -> Result<u32, VmsaError> {
     }
     // The fewest levels that resolve `input_bits` without concatenated
     // root tables: 32..=39 bits start at level 1, 40..=48 at level 0.
-    Ok((input_bits - 12).div_ceil(9))
+    Ok(Geometry { levels: (input_bits - 12).div_ceil(9), input_bits, output_bits, leaf_sizes })
+}
+
+#[inline]
+fn table_descriptor(next: Hpa) -> u64 {
+    next.raw() | VALID | TABLE_OR_PAGE
 }
 
 #[inline]
@@ -74,50 +79,34 @@ fn decode_common(level: u32, pte: u64, perm: impl FnOnce(u64) -> Perm) -> Pte {
 /// access flag set, S2AP from the mapping's permission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArmStage2 {
-    input_bits: u32,
-    output_bits: u32,
-    levels: u32,
-    blocks: LeafSizes,
+    geometry: Geometry,
 }
 
 impl ArmStage2 {
     /// Stage-2 tables for an IPA of `input_bits` (32..=48) and output
     /// addresses of `output_bits`, with the given block sizes.
     pub fn new(input_bits: u32, output_bits: u32, blocks: LeafSizes) -> Result<Self, VmsaError> {
-        let levels = check_bits(input_bits, output_bits)?;
-        Ok(Self { input_bits, output_bits, levels, blocks })
+        Ok(Self { geometry: geometry(input_bits, output_bits, blocks)? })
     }
 
     /// VTCR/STE S2T0SZ: 64 minus the IPA size.
     #[must_use]
     pub const fn t0sz(&self) -> u8 {
-        (64 - self.input_bits) as u8
+        (64 - self.geometry.input_bits) as u8
     }
 
     /// VTCR/STE S2SL0 for the 4 KiB granule: 2 = start at level 0, 1 = at
     /// level 1.
     #[must_use]
     pub const fn sl0(&self) -> u8 {
-        (self.levels - 2) as u8
+        (self.geometry.levels - 2) as u8
     }
 }
 
 impl Format for ArmStage2 {
     #[inline]
-    fn levels(&self) -> u32 {
-        self.levels
-    }
-    #[inline]
-    fn input_bits(&self) -> u32 {
-        self.input_bits
-    }
-    #[inline]
-    fn output_bits(&self) -> u32 {
-        self.output_bits
-    }
-    #[inline]
-    fn leaf_sizes(&self) -> LeafSizes {
-        self.blocks
+    fn geometry(&self) -> &Geometry {
+        &self.geometry
     }
     #[inline]
     fn leaf(&self, level: u32, hpa: Hpa, perm: Perm) -> u64 {
@@ -132,7 +121,7 @@ impl Format for ArmStage2 {
     }
     #[inline]
     fn table(&self, _level: u32, next: Hpa) -> u64 {
-        next.raw() | VALID | TABLE_OR_PAGE
+        table_descriptor(next)
     }
     #[inline]
     fn is_present(&self, pte: u64) -> bool {
@@ -155,10 +144,7 @@ impl Format for ArmStage2 {
 /// io-pgtable does for DMA), read-only when the mapping is not writable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArmStage1 {
-    input_bits: u32,
-    output_bits: u32,
-    levels: u32,
-    blocks: LeafSizes,
+    geometry: Geometry,
     attr_index: u8,
 }
 
@@ -166,17 +152,17 @@ impl ArmStage1 {
     /// Stage-1 tables for a VA of `input_bits` (32..=48), output addresses
     /// of `output_bits`, the given block sizes and MAIR index.
     pub fn new(input_bits: u32, output_bits: u32, blocks: LeafSizes, attr_index: u8) -> Result<Self, VmsaError> {
-        let levels = check_bits(input_bits, output_bits)?;
+        let geometry = geometry(input_bits, output_bits, blocks)?;
         if attr_index > 7 {
             return Err(VmsaError::BadAttrIndex(attr_index));
         }
-        Ok(Self { input_bits, output_bits, levels, blocks, attr_index })
+        Ok(Self { geometry, attr_index })
     }
 
     /// CD T0SZ: 64 minus the VA size.
     #[must_use]
     pub const fn t0sz(&self) -> u8 {
-        (64 - self.input_bits) as u8
+        (64 - self.geometry.input_bits) as u8
     }
 
     /// The MAIR index the leaves use.
@@ -188,20 +174,8 @@ impl ArmStage1 {
 
 impl Format for ArmStage1 {
     #[inline]
-    fn levels(&self) -> u32 {
-        self.levels
-    }
-    #[inline]
-    fn input_bits(&self) -> u32 {
-        self.input_bits
-    }
-    #[inline]
-    fn output_bits(&self) -> u32 {
-        self.output_bits
-    }
-    #[inline]
-    fn leaf_sizes(&self) -> LeafSizes {
-        self.blocks
+    fn geometry(&self) -> &Geometry {
+        &self.geometry
     }
     #[inline]
     fn leaf(&self, level: u32, hpa: Hpa, perm: Perm) -> u64 {
@@ -221,7 +195,7 @@ impl Format for ArmStage1 {
     }
     #[inline]
     fn table(&self, _level: u32, next: Hpa) -> u64 {
-        next.raw() | VALID | TABLE_OR_PAGE
+        table_descriptor(next)
     }
     #[inline]
     fn is_present(&self, pte: u64) -> bool {

@@ -6,7 +6,7 @@
 //! address. Table entries carry R and W: the hardware ANDs the access rights
 //! of every level.
 
-use super::format::{Format, LeafSizes, Perm, Pte};
+use super::format::{Format, Geometry, LeafSizes, Perm, Pte};
 use crate::Hpa;
 
 const R: u64 = 1 << 0;
@@ -29,9 +29,7 @@ pub enum VtdError {
 /// The VT-d second-level format of one remapping unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VtdSecondLevel {
-    levels: u32,
-    output_bits: u32,
-    leaf_sizes: LeafSizes,
+    geometry: Geometry,
     snoop: bool,
 }
 
@@ -46,7 +44,7 @@ impl VtdSecondLevel {
         if !(32..=52).contains(&output_bits) {
             return Err(VtdError::BadOutputBits(output_bits));
         }
-        Ok(Self { levels, output_bits, leaf_sizes, snoop })
+        Ok(Self { geometry: Geometry { levels, input_bits: 12 + 9 * levels, output_bits, leaf_sizes }, snoop })
     }
 
     /// The format a unit supports, from its capability fields: `sagaw`
@@ -74,26 +72,14 @@ impl VtdSecondLevel {
     /// 3-level, 2: 48-bit 4-level).
     #[must_use]
     pub const fn context_aw(&self) -> u8 {
-        (self.levels - 2) as u8
+        (self.geometry.levels - 2) as u8
     }
 }
 
 impl Format for VtdSecondLevel {
     #[inline]
-    fn levels(&self) -> u32 {
-        self.levels
-    }
-    #[inline]
-    fn input_bits(&self) -> u32 {
-        12 + 9 * self.levels
-    }
-    #[inline]
-    fn output_bits(&self) -> u32 {
-        self.output_bits
-    }
-    #[inline]
-    fn leaf_sizes(&self) -> LeafSizes {
-        self.leaf_sizes
+    fn geometry(&self) -> &Geometry {
+        &self.geometry
     }
     #[inline]
     fn leaf(&self, level: u32, hpa: Hpa, perm: Perm) -> u64 {
