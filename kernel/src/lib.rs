@@ -16,6 +16,7 @@
 
 extern crate alloc;
 
+pub mod abi;
 pub mod addr;
 pub mod hwwalk;
 pub mod pt;
