@@ -5,6 +5,10 @@
 //! The structs follow Linux iommufd's uAPI where ABI.md says so. Parsing
 //! partition bytes goes through `zerocopy`, never through pointer casts.
 
+// zerocopy's derives generate helper types without `Debug`; every struct
+// declared here derives `Debug` itself.
+#![allow(missing_debug_implementations)]
+
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// Linux errno values the ABI returns (as `-errno`).
