@@ -19,6 +19,7 @@ extern crate alloc;
 pub mod abi;
 pub mod addr;
 pub mod hwwalk;
+pub mod iova;
 pub mod pt;
 
 pub use addr::{Gpa, Hpa, Iova};
