@@ -20,6 +20,7 @@ pub mod abi;
 pub mod addr;
 pub mod hwwalk;
 pub mod iova;
+pub mod memmap;
 pub mod pt;
 
 pub use addr::{Gpa, Hpa, Iova};
