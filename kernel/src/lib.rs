@@ -21,6 +21,7 @@ pub mod addr;
 pub mod hwwalk;
 pub mod iova;
 pub mod memmap;
+pub mod objects;
 pub mod pt;
 
 pub use addr::{Gpa, Hpa, Iova};
