@@ -44,5 +44,5 @@ step "benchmarks compile"
 cargo bench --locked -q --workspace --no-run 2>&1 | grep -v '^\s*Executable' || true
 
 echo
-echo "host tests: ${passed} passed, ${failed} failed"
+echo "tests: ${passed} passed, ${failed} failed"
 exit "$status"
