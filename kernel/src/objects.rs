@@ -40,16 +40,6 @@ impl<T> ObjectTable<T> {
         Some(id)
     }
 
-    /// The id `insert` would use next (for commands that must know an id
-    /// before they can fail no more).
-    #[must_use]
-    pub fn peek_id(&self) -> Option<u32> {
-        if self.objects.len() >= self.limit as usize {
-            return None;
-        }
-        self.free.first().copied().or(Some(self.next).filter(|&n| n != 0))
-    }
-
     /// The object `id`.
     #[must_use]
     pub fn get(&self, id: u32) -> Option<&T> {
@@ -85,11 +75,6 @@ impl<T> ObjectTable<T> {
         self.objects.iter().map(|(id, o)| (*id, o))
     }
 
-    /// Objects in id order, to change.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut T)> {
-        self.objects.iter_mut().map(|(id, o)| (*id, o))
-    }
-
     /// Number of objects.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -110,12 +95,10 @@ mod tests {
     #[test]
     fn ids_start_at_one_and_the_lowest_free_is_reused() {
         let mut t = ObjectTable::new(100);
-        assert_eq!(t.peek_id(), Some(1));
         assert_eq!((t.insert('a'), t.insert('b'), t.insert('c')), (Some(1), Some(2), Some(3)));
         assert_eq!(t.remove(2), Some('b'));
         assert_eq!(t.remove(2), None);
         assert_eq!(t.get(2), None);
-        assert_eq!(t.peek_id(), Some(2));
         assert_eq!(t.insert('d'), Some(2));
         assert_eq!(t.insert('e'), Some(4));
         // Removing from the top folds back: ids stay dense.
@@ -130,7 +113,6 @@ mod tests {
     fn full_table_refuses() {
         let mut t = ObjectTable::new(2);
         assert!(t.insert(1).is_some() && t.insert(2).is_some());
-        assert_eq!(t.peek_id(), None);
         assert_eq!(t.insert(3), None);
         assert_eq!(t.len(), 2);
         t.remove(1);
