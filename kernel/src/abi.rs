@@ -21,6 +21,9 @@ pub enum Errno {
     ENOENT = 2,
     /// Non-zero bytes beyond the known struct.
     E2BIG = 7,
+    /// The IOMMU hardware did not complete an operation in time (Sluice
+    /// only: iommufd reports such failures the same way).
+    EIO = 5,
     /// Out of memory, or over the pin limit.
     ENOMEM = 12,
     /// Bad partition address.
@@ -61,6 +64,7 @@ impl Errno {
             Self::EPERM => "EPERM",
             Self::ENOENT => "ENOENT",
             Self::E2BIG => "E2BIG",
+            Self::EIO => "EIO",
             Self::ENOMEM => "ENOMEM",
             Self::EFAULT => "EFAULT",
             Self::EBUSY => "EBUSY",
@@ -77,9 +81,10 @@ impl Errno {
     }
 
     /// Every errno of the ABI.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::EPERM,
         Self::ENOENT,
+        Self::EIO,
         Self::E2BIG,
         Self::ENOMEM,
         Self::EFAULT,

@@ -145,52 +145,137 @@ fn align_up(v: u64, align: u64) -> Option<u64> {
     Some(v.checked_add(align - 1)? & !(align - 1))
 }
 
-/// First fit: the lowest `align`-aligned IOVA, never 0, where `length`
-/// bytes fit inside the allowed ranges (or [`AUTO_SPAN`] when `allowed` is
-/// empty) without touching a reserved range or an area. `areas` maps each
-/// area's start to its last IOVA.
-///
-/// Cost: one B-tree search per area or reserved range jumped over; areas
-/// and reserved ranges above the result are never looked at.
-#[must_use]
-pub fn allocate<V>(
-    areas: &BTreeMap<u64, V>,
-    area_last: impl Fn(&V) -> u64,
-    reserved: &[Range],
-    allowed: &[Range],
-    length: u64,
-    align: u64,
-) -> Option<u64> {
-    debug_assert!(align.is_power_of_two());
-    debug_assert!(reserved.windows(2).all(|w| w[0].last < w[1].start), "reserved must be merged");
-    let default = [AUTO_SPAN];
-    let spans = if allowed.is_empty() { &default[..] } else { allowed };
-    for span in spans {
-        let Some(span) = Range::new(span.start.max(AUTO_SPAN.start), span.last.min(AUTO_SPAN.last)) else {
-            continue;
-        };
-        let Some(mut cur) = align_up(span.start.max(1), align) else { continue };
-        while let Some(want) = Range::with_len(cur, length) {
-            if want.last > span.last {
-                break;
-            }
-            // The blocker with the greatest start not after the end of the
-            // wanted range: if anything intersects, this one does, and the
-            // next candidate starts past it.
-            let area = areas.range(..=want.last).next_back().map(|(s, v)| Range { start: *s, last: area_last(v) });
-            let resv_idx = reserved.partition_point(|r| r.start <= want.last);
-            let resv = resv_idx.checked_sub(1).map(|i| reserved[i]);
-            let blocker = [area, resv].into_iter().flatten().filter(|b| b.last >= want.start).map(|b| b.last).max();
-            match blocker {
-                None => return Some(cur),
-                Some(last) => match last.checked_add(1).and_then(|n| align_up(n, align)) {
-                    Some(n) => cur = n,
-                    None => break,
-                },
+/// The free IOVA space of an IOAS: the holes between its areas, kept as an
+/// ordered map from each hole's start to its last IOVA. Areas are taken out
+/// of it and given back; the allocator searches holes instead of areas, so
+/// a packed run of areas costs nothing to jump over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holes {
+    holes: BTreeMap<u64, u64>,
+}
+
+impl Default for Holes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Holes {
+    /// The whole space `[0, u64::MAX]` free.
+    #[must_use]
+    pub fn new() -> Self {
+        let mut holes = BTreeMap::new();
+        holes.insert(0, u64::MAX);
+        Self { holes }
+    }
+
+    /// The hole that contains `iova`, if it is free.
+    #[must_use]
+    pub fn hole_at(&self, iova: u64) -> Option<Range> {
+        let (&start, &last) = self.holes.range(..=iova).next_back()?;
+        (last >= iova).then_some(Range { start, last })
+    }
+
+    /// Whether all of `range` is free.
+    #[must_use]
+    pub fn is_free(&self, range: &Range) -> bool {
+        self.hole_at(range.start).is_some_and(|h| h.contains(range))
+    }
+
+    /// Mark `range` used. It must be free (checked with [`Self::is_free`]);
+    /// returns `false`, changing nothing, when it is not.
+    pub fn take(&mut self, range: Range) -> bool {
+        let Some(hole) = self.hole_at(range.start) else { return false };
+        if !hole.contains(&range) {
+            return false;
+        }
+        if hole.start < range.start {
+            self.holes.insert(hole.start, range.start - 1);
+        } else {
+            self.holes.remove(&hole.start);
+        }
+        if range.last < hole.last {
+            self.holes.insert(range.last + 1, hole.last);
+        }
+        true
+    }
+
+    /// Mark `range` free again, merging it with the holes on either side.
+    /// It must be used (an area that was taken).
+    pub fn give(&mut self, range: Range) {
+        debug_assert!(self.holes.range(range.start..=range.last).next().is_none(), "giving back a free range");
+        let mut start = range.start;
+        let mut last = range.last;
+        if let Some(prev) = range.start.checked_sub(1).and_then(|p| self.hole_at(p)) {
+            self.holes.remove(&prev.start);
+            start = prev.start;
+        }
+        if let Some(next_start) = range.last.checked_add(1) {
+            if let Some(next_last) = self.holes.remove(&next_start) {
+                last = next_last;
             }
         }
+        self.holes.insert(start, last);
     }
-    None
+
+    /// Number of holes (for tests and statistics).
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.holes.len()
+    }
+
+    /// First fit: the lowest `align`-aligned IOVA, never 0, where `length`
+    /// bytes fit inside the allowed ranges (or [`AUTO_SPAN`] when `allowed`
+    /// is empty) in a free hole without touching a reserved range.
+    /// `reserved` must be merged and sorted ([`Reserved::merged`]).
+    ///
+    /// Cost: one step per hole (not per area) below the result that
+    /// intersects the search span, plus a binary search of the reserved
+    /// ranges per candidate.
+    #[must_use]
+    pub fn first_fit(&self, reserved: &[Range], allowed: &[Range], length: u64, align: u64) -> Option<u64> {
+        debug_assert!(align.is_power_of_two());
+        debug_assert!(reserved.windows(2).all(|w| w[0].last < w[1].start), "reserved must be merged");
+        if length == 0 {
+            return None;
+        }
+        let default = [AUTO_SPAN];
+        let spans = if allowed.is_empty() { &default[..] } else { allowed };
+        for span in spans {
+            let Some(span) = Range::new(span.start.max(AUTO_SPAN.start), span.last.min(AUTO_SPAN.last)) else {
+                continue;
+            };
+            let first = self.hole_at(span.start).map(|h| h.start).unwrap_or(span.start);
+            for (&hs, &hl) in self.holes.range(first..=span.last) {
+                let lo = hs.max(span.start);
+                let hi = hl.min(span.last);
+                if hi - lo < length - 1 {
+                    continue;
+                }
+                if let Some(iova) = fit_between(reserved, lo, hi, length, align) {
+                    return Some(iova);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The lowest `align`-aligned start in `[lo, hi]`, never 0, where `length`
+/// bytes fit without touching a reserved range.
+fn fit_between(reserved: &[Range], lo: u64, hi: u64, length: u64, align: u64) -> Option<u64> {
+    let mut cur = align_up(lo.max(1), align)?;
+    loop {
+        let want = Range::with_len(cur, length)?;
+        if want.last > hi {
+            return None;
+        }
+        let idx = reserved.partition_point(|r| r.start <= want.last);
+        match idx.checked_sub(1).map(|i| reserved[i]).filter(|r| r.last >= want.start) {
+            None => return Some(cur),
+            Some(r) => cur = align_up(r.last.checked_add(1)?, align)?,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -251,9 +336,9 @@ mod tests {
     }
 
     /// Allocate and record an area, as MAP does.
-    fn take(areas: &mut BTreeMap<u64, u64>, reserved: &[Range], allowed: &[Range], len: u64, gpa: u64) -> Option<u64> {
-        let iova = allocate(areas, |l| *l, reserved, allowed, len, auto_alignment(len, gpa))?;
-        areas.insert(iova, iova + len - 1);
+    fn take(holes: &mut Holes, reserved: &[Range], allowed: &[Range], len: u64, gpa: u64) -> Option<u64> {
+        let iova = holes.first_fit(reserved, allowed, len, auto_alignment(len, gpa))?;
+        assert!(holes.take(Range::with_len(iova, len).unwrap()));
         Some(iova)
     }
 
@@ -261,14 +346,14 @@ mod tests {
     fn first_fit_as_linux_chose() {
         // IOMMUFD-OBSERVED.md, 2 MiB-aligned buffers, edu attached.
         let res = edu_reserved().merged();
-        let mut areas = BTreeMap::new();
+        let mut areas = Holes::new();
         assert_eq!(take(&mut areas, &res, &[], 0x1000, 0x20_0000), Some(0x1000));
         assert_eq!(take(&mut areas, &res, &[], 0x1000, 0x40_0000), Some(0x2000));
         assert_eq!(take(&mut areas, &res, &[], 0x1000, 0x60_0000), Some(0x3000));
         assert_eq!(take(&mut areas, &res, &[], 0x2000, 0x80_0000), Some(0x4000));
         assert_eq!(take(&mut areas, &res, &[], 0x20_0000, 0xa0_0000), Some(0x20_0000));
         // With an allowed list.
-        let mut areas = BTreeMap::new();
+        let mut areas = Holes::new();
         let allowed = [r(0x10_0000, 0x1f_ffff)];
         assert_eq!(take(&mut areas, &res, &allowed, 0x1000, 0x20_0000), Some(0x10_0000));
         assert_eq!(take(&mut areas, &res, &allowed, 0x1000, 0x20_0000), Some(0x10_1000));
@@ -277,37 +362,62 @@ mod tests {
 
     #[test]
     fn never_zero_never_reserved_never_past_the_span() {
-        let areas: BTreeMap<u64, u64> = BTreeMap::new();
+        let free = Holes::new();
         // IOVA 0 is never chosen, even when allowed.
-        assert_eq!(allocate(&areas, |l| *l, &[], &[r(0, 0xffff)], 0x1000, 0x1000), Some(0x1000));
+        assert_eq!(free.first_fit(&[], &[r(0, 0xffff)], 0x1000, 0x1000), Some(0x1000));
         // Allowed ranges are clipped to the automatic span.
-        assert_eq!(allocate(&areas, |l| *l, &[], &[r(0, 0xfff)], 0x1000, 0x1000), None);
-        assert_eq!(allocate(&areas, |l| *l, &[], &[r(u64::MAX - 0xfff, u64::MAX)], 0x1000, 0x1000), None);
+        assert_eq!(free.first_fit(&[], &[r(0, 0xfff)], 0x1000, 0x1000), None);
+        assert_eq!(free.first_fit(&[], &[r(u64::MAX - 0xfff, u64::MAX)], 0x1000, 0x1000), None);
         // A length that cannot fit anywhere.
-        assert_eq!(allocate(&areas, |l| *l, &[], &[], u64::MAX - 0x1000, 0x1000), None);
+        assert_eq!(free.first_fit(&[], &[], u64::MAX - 0x1000, 0x1000), None);
         // Reserved ranges are jumped over, aligned.
         let res = [r(0x1000, 0x1_0fff)];
-        assert_eq!(allocate(&areas, |l| *l, &res, &[], 0x1000, 0x1000), Some(0x1_1000));
-        assert_eq!(allocate(&areas, |l| *l, &res, &[], 0x4000, 0x4000), Some(0x1_4000));
+        assert_eq!(free.first_fit(&res, &[], 0x1000, 0x1000), Some(0x1_1000));
+        assert_eq!(free.first_fit(&res, &[], 0x4000, 0x4000), Some(0x1_4000));
         // The span's top: the last page below U64_MAX - 4096.
         let top = [r(0xffff_ffff_ffff_0000, u64::MAX)];
-        assert_eq!(allocate(&areas, |l| *l, &[], &top, 0x1000, 0x1000), Some(0xffff_ffff_ffff_0000));
-        let mut full = BTreeMap::new();
-        full.insert(0xffff_ffff_ffff_0000u64, 0xffff_ffff_ffff_dfffu64);
-        assert_eq!(allocate(&full, |l| *l, &[], &top, 0x1000, 0x1000), Some(0xffff_ffff_ffff_e000));
-        full.insert(0xffff_ffff_ffff_e000, 0xffff_ffff_ffff_efff);
-        assert_eq!(allocate(&full, |l| *l, &[], &top, 0x1000, 0x1000), None);
+        assert_eq!(free.first_fit(&[], &top, 0x1000, 0x1000), Some(0xffff_ffff_ffff_0000));
+        let mut full = Holes::new();
+        assert!(full.take(r(0xffff_ffff_ffff_0000, 0xffff_ffff_ffff_dfff)));
+        assert_eq!(full.first_fit(&[], &top, 0x1000, 0x1000), Some(0xffff_ffff_ffff_e000));
+        assert!(full.take(r(0xffff_ffff_ffff_e000, 0xffff_ffff_ffff_efff)));
+        assert_eq!(full.first_fit(&[], &top, 0x1000, 0x1000), None);
+        // An allowed range starting inside a hole.
+        assert_eq!(full.first_fit(&[], &[r(0x1_2345_6000, 0x1_2345_8fff)], 0x2000, 0x2000), Some(0x1_2345_6000));
     }
 
     #[test]
-    fn walks_past_packed_areas() {
-        // 10^5 packed areas from the bottom: one jump (one B-tree search)
-        // per area in the way. (A max-gap index would make this
-        // logarithmic; see the note on issue #3.)
-        let mut areas = BTreeMap::new();
+    fn holes_split_and_merge() {
+        let mut h = Holes::new();
+        assert!(h.take(r(0x1000, 0x1fff)));
+        assert!(h.take(r(0x3000, 0x3fff)));
+        assert!(!h.take(r(0x1000, 0x1fff)), "taking a used range changes nothing");
+        assert!(!h.take(r(0x2000, 0x3000)), "straddling a used range changes nothing");
+        assert_eq!(h.count(), 3);
+        assert!(h.is_free(&r(0x2000, 0x2fff)) && !h.is_free(&r(0x2000, 0x3000)));
+        h.give(r(0x1000, 0x1fff));
+        assert_eq!(h.count(), 2);
+        h.give(r(0x3000, 0x3fff));
+        assert_eq!(h, Holes::new());
+        assert!(h.take(r(0, u64::MAX)));
+        assert_eq!(h.count(), 0);
+        assert_eq!(h.first_fit(&[], &[], 0x1000, 0x1000), None);
+        h.give(r(0, u64::MAX));
+        assert_eq!(h, Holes::new());
+    }
+
+    #[test]
+    fn jumps_packed_areas_in_one_step() {
+        // 10^5 packed areas from the bottom leave one hole above them.
+        let mut free = Holes::new();
         for i in 1..=100_000u64 {
-            areas.insert(i * 0x1000, i * 0x1000 + 0xfff);
+            assert!(free.take(r(i * 0x1000, i * 0x1000 + 0xfff)));
         }
-        assert_eq!(allocate(&areas, |l| *l, &[], &[], 0x1000, 0x1000), Some(100_001 * 0x1000));
+        assert_eq!(free.count(), 2);
+        assert_eq!(free.first_fit(&[], &[], 0x1000, 0x1000), Some(100_001 * 0x1000));
+        // A hole in the middle is found first.
+        free.give(r(0x5_0000, 0x5_0fff));
+        assert_eq!(free.first_fit(&[], &[], 0x1000, 0x1000), Some(0x5_0000));
+        assert_eq!(free.first_fit(&[], &[], 0x2000, 0x1000), Some(100_001 * 0x1000));
     }
 }

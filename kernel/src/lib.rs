@@ -18,7 +18,11 @@ extern crate alloc;
 
 pub mod abi;
 pub mod addr;
+pub mod hv;
+pub mod hwpt;
 pub mod hwwalk;
+pub mod hypercall;
+pub mod iommu;
 pub mod iova;
 pub mod memmap;
 pub mod objects;

@@ -375,6 +375,22 @@ impl<F: Format> PageTable<F> {
         }
     }
 
+    /// Call `f(leaf_iova, size, hpa, perm)` for every leaf, in IOVA order.
+    pub fn for_each_leaf<M: TableMemory>(&self, mem: &M, mut f: impl FnMut(Iova, u64, Hpa, Perm)) {
+        self.visit_leaves(mem, self.root, self.fmt.geometry().levels - 1, 0, &mut f);
+    }
+
+    fn visit_leaves<M: TableMemory>(&self, mem: &M, table: Hpa, level: u32, base: u64, f: &mut impl FnMut(Iova, u64, Hpa, Perm)) {
+        for (i, e) in mem.table(table).iter().enumerate() {
+            let iova = base + ((i as u64) << level_shift(level));
+            match self.fmt.decode(level, e.load(Relaxed)) {
+                Pte::Absent => {}
+                Pte::Table(next) => self.visit_leaves(mem, next, level - 1, iova, f),
+                Pte::Leaf { hpa, perm } => f(Iova(iova), level_size(level), hpa, perm),
+            }
+        }
+    }
+
     /// Unmap everything and give up the tree. Every table page, the root
     /// included, ends up in `gather`: free them after the IOMMUs that used
     /// this tree stopped using it and were invalidated.

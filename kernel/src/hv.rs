@@ -1,0 +1,1219 @@
+//! The hypervisor's state and the operations behind the hypercalls:
+//! partitions, their objects (IOAS, HWPT, device), areas and pins, and the
+//! IOMMU units the HWPTs live on.
+//!
+//! The model is iommufd's io_pagetable: an IOAS holds areas (the unit of
+//! UNMAP), an allowed list and reserved ranges; every HWPT attached to it
+//! holds exactly its areas, in the format of the HWPT's unit. Every
+//! operation either completes or changes nothing (UNMAP's documented
+//! partial case aside); when it removes a translation, the IOTLBs are
+//! invalidated and the invalidation has completed before pins and table
+//! pages are given back.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::abi::{Errno, FaultRecord, resv_type};
+use crate::hwpt::AnyTable;
+use crate::iommu::{Domain, Flush, Iommu, IommuError};
+use crate::iova::{AUTO_SPAN, Holes, Owner, Range, Reserved, auto_alignment};
+use crate::memmap::{MemMapError, MemoryMap, RamRange};
+use crate::objects::ObjectTable;
+use crate::pt::{Gather, PAGE_SIZE, Perm, PtError, TableMemory};
+use crate::{Gpa, Hpa, Iova};
+
+/// Byte access to host-physical memory (partition RAM). Implemented by the
+/// platform (a direct map) and by hvsim (lazily backed pages). Only ever
+/// called for addresses inside some partition's RAM.
+pub trait PhysMem {
+    /// Read `buf.len()` bytes at `hpa`.
+    fn read(&self, hpa: Hpa, buf: &mut [u8]);
+    /// Write `data` at `hpa`.
+    fn write(&mut self, hpa: Hpa, data: &[u8]);
+}
+
+/// Most objects (IOAS + HWPT + device) a partition may hold.
+pub const MAX_OBJECTS: u32 = 4096;
+/// Fault records a partition's queue holds; more are counted as lost.
+pub const FAULT_QUEUE: usize = 256;
+/// Most ranges an allowed list may hold.
+pub const MAX_ALLOWED: u32 = 4096;
+
+/// A partition as the configuration describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionConfig {
+    /// Name, for reports.
+    pub name: String,
+    /// RAM: guest-physical ranges and the host-physical memory behind them.
+    pub ram: Vec<RamRange>,
+    /// Most pages the partition may have pinned at once.
+    pub pin_limit: u64,
+}
+
+/// A reserved region of a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Region {
+    /// The IOVAs.
+    pub range: Range,
+    /// `abi::resv_type` value.
+    pub kind: u32,
+}
+
+/// A device as the configuration describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Owning partition (index).
+    pub partition: usize,
+    /// IOMMU unit (index).
+    pub unit: usize,
+    /// Requester id on that unit (PCI RID or StreamID).
+    pub rid: u32,
+    /// Address bits the device can emit.
+    pub dma_bits: u32,
+    /// Platform regions (MSI window, RMRRs, other reserved ranges).
+    pub regions: Vec<Region>,
+}
+
+/// Why a configuration was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A partition's RAM ranges are malformed or overlap each other.
+    Ram(MemMapError),
+    /// Host memory of two partitions overlaps.
+    SharedHostMemory(String),
+    /// No such partition or unit.
+    NoSuch(&'static str),
+    /// Two devices with one requester id on one unit.
+    DuplicateRid(u32),
+    /// Too many objects.
+    Full,
+    /// The unit refused to block the device.
+    Unit(IommuError),
+}
+
+/// A live device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// Owning partition.
+    pub partition: usize,
+    /// Unit.
+    pub unit: usize,
+    /// Requester id.
+    pub rid: u32,
+    /// DMA address bits.
+    pub dma_bits: u32,
+    /// Object id in the owning partition.
+    pub id: u32,
+    /// Every reserved region (platform, aperture, DMA limit), sorted by
+    /// start, then type.
+    pub regions: Vec<Region>,
+    /// HWPT id it translates through; `None`: blocked.
+    pub attached: Option<u32>,
+}
+
+/// An area: a run of IOVAs mapped by one MAP (or one piece of a COPY).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Area {
+    /// Last IOVA (inclusive).
+    pub last: u64,
+    /// Guest-physical address of the first byte.
+    pub gpa: u64,
+    /// Access granted.
+    pub perm: Perm,
+    /// Pin set it holds a reference on.
+    pin: u32,
+}
+
+/// An I/O address space.
+#[derive(Clone, Debug)]
+pub struct Ioas {
+    areas: BTreeMap<u64, Area>,
+    free: Holes,
+    allowed: Vec<Range>,
+    reserved: Reserved,
+    merged: Vec<Range>,
+    hwpts: Vec<u32>,
+    huge: bool,
+}
+
+impl Ioas {
+    fn new() -> Self {
+        Self {
+            areas: BTreeMap::new(),
+            free: Holes::new(),
+            allowed: Vec::new(),
+            reserved: Reserved::new(),
+            merged: Vec::new(),
+            hwpts: Vec::new(),
+            huge: true,
+        }
+    }
+
+    /// The areas, by first IOVA.
+    pub fn areas(&self) -> impl Iterator<Item = (u64, &Area)> {
+        self.areas.iter().map(|(s, a)| (*s, a))
+    }
+
+    /// Number of areas.
+    #[must_use]
+    pub fn area_count(&self) -> usize {
+        self.areas.len()
+    }
+
+    /// The ranges IOVA_RANGES reports.
+    #[must_use]
+    pub fn usable(&self) -> Vec<Range> {
+        self.reserved.usable()
+    }
+
+    /// The HWPTs (object ids) attached to this IOAS.
+    #[must_use]
+    pub fn hwpts(&self) -> &[u32] {
+        &self.hwpts
+    }
+
+    fn area_intersecting(&self, r: &Range) -> bool {
+        self.areas.range(..=r.last).next_back().is_some_and(|(_, a)| a.last >= r.start)
+    }
+
+    fn allowed_intersecting(&self, r: &Range) -> bool {
+        self.allowed.iter().any(|a| a.intersects(r))
+    }
+
+    fn remerge(&mut self) {
+        self.merged = self.reserved.merged();
+    }
+
+    /// iommufd's iopt_check_iova for a FIXED_IOVA map of `len` bytes.
+    fn check_fixed(&self, iova: u64, len: u64) -> Result<Range, Errno> {
+        if iova % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let range = Range::with_len(iova, len).ok_or(Errno::EOVERFLOW)?;
+        if self.reserved.intersects(&range) {
+            return Err(Errno::EINVAL);
+        }
+        if !self.free.is_free(&range) {
+            return Err(Errno::EEXIST);
+        }
+        Ok(range)
+    }
+
+    /// iommufd's iopt_alloc_iova: first fit with the ABI's alignment.
+    fn allocate(&self, len: u64, gpa: u64) -> Result<Range, Errno> {
+        if len >= u64::MAX / 2 {
+            return Err(Errno::EOVERFLOW);
+        }
+        let align = auto_alignment(len, gpa);
+        if align < PAGE_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        let iova = self.free.first_fit(&self.merged, &self.allowed, len, align).ok_or(Errno::ENOSPC)?;
+        Ok(Range::with_len(iova, len).expect("first_fit returns ranges that fit"))
+    }
+}
+
+/// A hardware page table, always automatic in ABI v1: made by attach,
+/// freed with its last device.
+#[derive(Debug)]
+struct Hwpt {
+    ioas: u32,
+    unit: usize,
+    tag: u32,
+    table: AnyTable,
+    users: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Ioas,
+    Hwpt,
+    Device(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PinSet {
+    pages: u64,
+    refs: u32,
+    writable: bool,
+}
+
+/// One partition's view: its memory, objects, pins and fault queue.
+#[derive(Debug)]
+pub struct Partition {
+    name: String,
+    memmap: MemoryMap,
+    objects: ObjectTable<Kind>,
+    ioas: BTreeMap<u32, Ioas>,
+    hwpts: BTreeMap<u32, Hwpt>,
+    pin_limit: u64,
+    pinned: u64,
+    /// Pages whose release waits on an invalidation that failed: never
+    /// given back.
+    stuck_pins: u64,
+    pins: Vec<PinSet>,
+    free_pins: Vec<u32>,
+    faults: VecDeque<FaultRecord>,
+    lost: u64,
+    console: Vec<u8>,
+    exit: Option<u32>,
+}
+
+impl Partition {
+    /// Name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// RAM.
+    #[must_use]
+    pub fn memmap(&self) -> &MemoryMap {
+        &self.memmap
+    }
+
+    /// Pages pinned now.
+    #[must_use]
+    pub fn pinned(&self) -> u64 {
+        self.pinned
+    }
+
+    /// The IOAS with id `id`.
+    #[must_use]
+    pub fn ioas(&self, id: u32) -> Option<&Ioas> {
+        self.ioas.get(&id)
+    }
+
+    /// Every object id, with what it is (`"ioas"`, `"hwpt"`, `"device"`).
+    pub fn objects(&self) -> impl Iterator<Item = (u32, &'static str)> + '_ {
+        self.objects.iter().map(|(id, k)| {
+            (id, match k {
+                Kind::Ioas => "ioas",
+                Kind::Hwpt => "hwpt",
+                Kind::Device(_) => "device",
+            })
+        })
+    }
+
+    /// Code passed to PARTITION_EXIT, once it was called.
+    #[must_use]
+    pub fn exit_code(&self) -> Option<u32> {
+        self.exit
+    }
+
+    /// Console bytes written since the last call.
+    pub fn take_console(&mut self) -> Vec<u8> {
+        core::mem::take(&mut self.console)
+    }
+
+    /// Record PARTITION_EXIT.
+    pub fn set_exit(&mut self, code: u32) {
+        self.exit = Some(code);
+    }
+
+    /// Append console bytes, keeping at most `cap` bytes buffered (the
+    /// rest is dropped until the platform takes the buffer).
+    pub fn console_push(&mut self, bytes: &[u8], cap: usize) {
+        let room = cap.saturating_sub(self.console.len());
+        self.console.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn ioas_mut(&mut self, id: u32) -> Result<&mut Ioas, Errno> {
+        self.ioas.get_mut(&id).ok_or(Errno::ENOENT)
+    }
+
+    fn device(&self, id: u32) -> Result<usize, Errno> {
+        match self.objects.get(id) {
+            Some(Kind::Device(d)) => Ok(*d),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn new_pin(&mut self, pages: u64, writable: bool) -> u32 {
+        let set = PinSet { pages, refs: 1, writable };
+        self.pinned += pages;
+        if let Some(i) = self.free_pins.pop() {
+            self.pins[i as usize] = set;
+            i
+        } else {
+            self.pins.push(set);
+            (self.pins.len() - 1) as u32
+        }
+    }
+
+    /// Drop one area's reference; `released` says whether the IOTLBs were
+    /// invalidated (else the pages stay pinned for good).
+    fn unref_pin(&mut self, pin: u32, released: bool) {
+        let set = &mut self.pins[pin as usize];
+        set.refs -= 1;
+        if set.refs == 0 {
+            self.pinned -= set.pages;
+            if !released {
+                self.stuck_pins += set.pages;
+                self.pinned += set.pages;
+            }
+            set.pages = 0;
+            self.free_pins.push(pin);
+        }
+    }
+}
+
+/// The domain tags of one unit.
+#[derive(Debug)]
+struct Tags(ObjectTable<()>);
+
+/// The hypervisor: IOMMU units (`U`), table memory (`M`), partition RAM
+/// (`R`), partitions and devices.
+#[derive(Debug)]
+pub struct Hypervisor<U, M, R> {
+    units: Vec<U>,
+    tags: Vec<Tags>,
+    mem: M,
+    ram: R,
+    partitions: Vec<Partition>,
+    devices: Vec<Device>,
+    by_rid: BTreeMap<(usize, u32), usize>,
+    stray_faults: u64,
+}
+
+/// The parts of the machine a simulator or driver glue needs at once.
+#[derive(Debug)]
+pub struct Machine<'a, U, M, R> {
+    /// IOMMU units.
+    pub units: &'a mut [U],
+    /// Table memory.
+    pub mem: &'a M,
+    /// Partition RAM.
+    pub ram: &'a mut R,
+}
+
+fn pt_errno(e: PtError) -> Errno {
+    match e {
+        PtError::NoMemory => Errno::ENOMEM,
+        PtError::Exists(_) => Errno::EEXIST,
+        // The checks before a table change rule the others out; if one
+        // shows up anyway it is the caller's argument that is wrong.
+        _ => Errno::EINVAL,
+    }
+}
+
+/// Invalidate what `gather` collected on `unit` and, once that completed,
+/// free the unlinked tables. On a failed invalidation the tables are never
+/// freed (the IOMMU may still walk them).
+fn flush_gather<U: Iommu, M: TableMemory>(unit: &mut U, mem: &mut M, tag: u32, mut gather: Gather) -> Result<(), Errno> {
+    if gather.is_empty() {
+        return Ok(());
+    }
+    let flush = Flush { tag, range: gather.range(), leaf_levels: gather.leaf_levels(), tables: !gather.freed_tables().is_empty() };
+    match unit.flush(&flush) {
+        Ok(()) => {
+            gather.release(mem);
+            Ok(())
+        }
+        Err(_) => Err(Errno::EIO),
+    }
+}
+
+/// Map `[iova, iova + len)` to the partition memory at `gpa` in `table`.
+fn map_area<M: TableMemory>(table: &mut AnyTable, mem: &mut M, memmap: &MemoryMap, iova: u64, area: &Area, gather: &mut Gather) -> Result<(), PtError> {
+    let len = area.last - iova + 1;
+    let mut res = Ok(());
+    let mut off = 0;
+    let walked = memmap.for_each_segment(Gpa(area.gpa), len, |seg| {
+        if res.is_ok() {
+            res = table.map(mem, Iova(iova + off), seg.hpa, seg.len, area.perm, gather);
+            off += seg.len;
+        }
+    });
+    debug_assert!(walked.is_some(), "areas only cover partition RAM");
+    if res.is_err() && off > 0 {
+        let _ = table.unmap(mem, Iova(iova), len, gather);
+    }
+    res
+}
+
+impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
+    /// A hypervisor with these units, table memory and RAM, and nothing
+    /// else yet.
+    pub fn new(units: Vec<U>, mem: M, ram: R) -> Self {
+        let tags = units.iter().map(|u| Tags(ObjectTable::new(u.info().max_domains))).collect();
+        Self { units, tags, mem, ram, partitions: Vec::new(), devices: Vec::new(), by_rid: BTreeMap::new(), stray_faults: 0 }
+    }
+
+    /// Add an IOMMU unit; returns its index.
+    pub fn add_unit(&mut self, unit: U) -> usize {
+        self.tags.push(Tags(ObjectTable::new(unit.info().max_domains)));
+        self.units.push(unit);
+        self.units.len() - 1
+    }
+
+    /// Add a partition; returns its index.
+    pub fn add_partition(&mut self, cfg: PartitionConfig) -> Result<usize, ConfigError> {
+        let memmap = MemoryMap::new(cfg.ram).map_err(ConfigError::Ram)?;
+        for other in &self.partitions {
+            for a in memmap.ranges() {
+                for b in other.memmap.ranges() {
+                    if a.hpa.raw() < b.hpa.raw() + b.len && b.hpa.raw() < a.hpa.raw() + a.len {
+                        return Err(ConfigError::SharedHostMemory(format!("{} and {}", cfg.name, other.name)));
+                    }
+                }
+            }
+        }
+        self.partitions.push(Partition {
+            name: cfg.name,
+            memmap,
+            objects: ObjectTable::new(MAX_OBJECTS),
+            ioas: BTreeMap::new(),
+            hwpts: BTreeMap::new(),
+            pin_limit: cfg.pin_limit,
+            pinned: 0,
+            stuck_pins: 0,
+            pins: Vec::new(),
+            free_pins: Vec::new(),
+            faults: VecDeque::new(),
+            lost: 0,
+            console: Vec::new(),
+            exit: None,
+        });
+        Ok(self.partitions.len() - 1)
+    }
+
+    /// Add a device, blocked; returns its object id in its partition.
+    pub fn add_device(&mut self, cfg: DeviceConfig) -> Result<u32, ConfigError> {
+        let unit = self.units.get_mut(cfg.unit).ok_or(ConfigError::NoSuch("iommu unit"))?;
+        let part = self.partitions.get_mut(cfg.partition).ok_or(ConfigError::NoSuch("partition"))?;
+        if self.by_rid.contains_key(&(cfg.unit, cfg.rid)) {
+            return Err(ConfigError::DuplicateRid(cfg.rid));
+        }
+        let mut regions = cfg.regions;
+        let input_bits = unit.info().format.input_bits();
+        if input_bits < 64 {
+            regions.push(Region { range: Range { start: 1 << input_bits, last: u64::MAX }, kind: resv_type::APERTURE });
+        }
+        if cfg.dma_bits < 64 {
+            regions.push(Region { range: Range { start: 1 << cfg.dma_bits, last: u64::MAX }, kind: resv_type::DMA_LIMIT });
+        }
+        regions.sort_unstable_by_key(|r| (r.range.start, r.kind, r.range.last));
+        unit.block(cfg.rid).map_err(ConfigError::Unit)?;
+        let index = self.devices.len();
+        let id = part.objects.insert(Kind::Device(index)).ok_or(ConfigError::Full)?;
+        self.devices.push(Device {
+            partition: cfg.partition,
+            unit: cfg.unit,
+            rid: cfg.rid,
+            dma_bits: cfg.dma_bits,
+            id,
+            regions,
+            attached: None,
+        });
+        self.by_rid.insert((cfg.unit, cfg.rid), index);
+        Ok(id)
+    }
+
+    /// A partition.
+    #[must_use]
+    pub fn partition(&self, p: usize) -> &Partition {
+        &self.partitions[p]
+    }
+
+    /// A partition, mutable (console, exit state).
+    pub fn partition_mut(&mut self, p: usize) -> &mut Partition {
+        &mut self.partitions[p]
+    }
+
+    /// Number of partitions.
+    #[must_use]
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Every device, by global index.
+    #[must_use]
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// The units.
+    #[must_use]
+    pub fn units(&self) -> &[U] {
+        &self.units
+    }
+
+    /// Table memory.
+    #[must_use]
+    pub fn table_memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Table memory, mutable (allocation-failure injection in tests).
+    pub fn table_memory_mut(&mut self) -> &mut M {
+        &mut self.mem
+    }
+
+    /// Partition RAM.
+    #[must_use]
+    pub fn ram(&self) -> &R {
+        &self.ram
+    }
+
+    /// Units, table memory and RAM at once.
+    pub fn machine(&mut self) -> Machine<'_, U, M, R> {
+        Machine { units: &mut self.units, mem: &self.mem, ram: &mut self.ram }
+    }
+
+    /// Faults whose requester id no device has.
+    #[must_use]
+    pub fn stray_faults(&self) -> u64 {
+        self.stray_faults
+    }
+
+    /// Move every fault the units recorded into the owning partitions'
+    /// queues.
+    pub fn poll_faults(&mut self) {
+        let Self { units, partitions, devices, by_rid, stray_faults, .. } = self;
+        for (u, unit) in units.iter_mut().enumerate() {
+            unit.drain_faults(&mut |f| match by_rid.get(&(u, f.rid)) {
+                Some(&d) => {
+                    let dev = &devices[d];
+                    let part = &mut partitions[dev.partition];
+                    if part.faults.len() >= FAULT_QUEUE {
+                        part.lost += 1;
+                    } else {
+                        part.faults.push_back(FaultRecord { dev_id: dev.id, reason: f.reason, iova: f.iova, flags: f.flags, reserved: 0 });
+                    }
+                }
+                None => *stray_faults += 1,
+            });
+        }
+    }
+
+    // ----- operations, in the order of ABI.md -----
+
+    /// DESTROY.
+    pub fn destroy(&mut self, p: usize, id: u32) -> Result<(), Errno> {
+        let part = &mut self.partitions[p];
+        match part.objects.get(id).copied() {
+            None => Err(Errno::ENOENT),
+            Some(Kind::Device(_) | Kind::Hwpt) => Err(Errno::EBUSY),
+            Some(Kind::Ioas) => {
+                let ioas = part.ioas.get(&id).expect("object table and IOAS map agree");
+                if !ioas.hwpts.is_empty() {
+                    return Err(Errno::EBUSY);
+                }
+                let ioas = part.ioas.remove(&id).expect("checked");
+                for area in ioas.areas.values() {
+                    part.unref_pin(area.pin, true);
+                }
+                part.objects.remove(id);
+                Ok(())
+            }
+        }
+    }
+
+    /// IOAS_ALLOC.
+    pub fn ioas_alloc(&mut self, p: usize) -> Result<u32, Errno> {
+        let part = &mut self.partitions[p];
+        let id = part.objects.insert(Kind::Ioas).ok_or(Errno::ENOMEM)?;
+        part.ioas.insert(id, Ioas::new());
+        Ok(id)
+    }
+
+    /// IOAS_ALLOW_IOVAS with the list already read and checked for
+    /// malformed and overlapping ranges.
+    pub fn ioas_set_allowed(&mut self, p: usize, ioas: u32, mut list: Vec<Range>) -> Result<(), Errno> {
+        let ioas = self.partitions[p].ioas_mut(ioas)?;
+        if list.iter().any(|r| ioas.reserved.intersects(r)) {
+            return Err(Errno::EADDRINUSE);
+        }
+        list.sort_unstable();
+        ioas.allowed = list;
+        Ok(())
+    }
+
+    /// IOAS_MAP after the decoder's flag checks. `iova`: `Some` for
+    /// FIXED_IOVA.
+    pub fn ioas_map(&mut self, p: usize, ioas_id: u32, gpa: u64, length: u64, iova: Option<u64>, perm: Perm) -> Result<u64, Errno> {
+        let part = &mut self.partitions[p];
+        let ioas = part.ioas.get(&ioas_id).ok_or(Errno::ENOENT)?;
+        gpa.checked_add(length).ok_or(Errno::EOVERFLOW)?;
+        if length == 0 || length % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let range = match iova {
+            Some(iova) => ioas.check_fixed(iova, length)?,
+            None => ioas.allocate(length, gpa)?,
+        };
+        if gpa % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if !part.memmap.is_ram(Gpa(gpa), length) {
+            return Err(Errno::EFAULT);
+        }
+        let pages = length / PAGE_SIZE;
+        if part.pinned.checked_add(pages).is_none_or(|n| n > part.pin_limit) {
+            return Err(Errno::ENOMEM);
+        }
+        let pin = part.new_pin(pages, perm.contains(Perm::WRITE));
+        let area = Area { last: range.last, gpa, perm, pin };
+        if let Err(e) = self.insert_areas(p, ioas_id, &[(range.start, area)]) {
+            self.partitions[p].unref_pin(pin, e != Errno::EIO);
+            return Err(e);
+        }
+        Ok(range.start)
+    }
+
+    /// Put `areas` (free, checked) into an IOAS and every HWPT of it; on
+    /// failure nothing stays.
+    fn insert_areas(&mut self, p: usize, ioas_id: u32, areas: &[(u64, Area)]) -> Result<(), Errno> {
+        let Self { units, mem, partitions, .. } = self;
+        let part = &mut partitions[p];
+        let ioas = part.ioas.get_mut(&ioas_id).expect("caller looked it up");
+        let mut failure = None;
+        // HWPTs that hold all of `areas`.
+        let mut done = 0;
+        for &h in &ioas.hwpts {
+            let hw = part.hwpts.get_mut(&h).expect("IOAS lists live HWPTs");
+            let mut gather = Gather::new();
+            let mut mapped = 0;
+            for (iova, area) in areas {
+                if let Err(e) = map_area(&mut hw.table, mem, &part.memmap, *iova, area, &mut gather) {
+                    failure = Some(pt_errno(e));
+                    break;
+                }
+                mapped += 1;
+            }
+            if failure.is_some() {
+                for (iova, area) in &areas[..mapped] {
+                    let _ = hw.table.unmap(mem, Iova(*iova), area.last - iova + 1, &mut gather);
+                }
+                if flush_gather(&mut units[hw.unit], mem, hw.tag, gather).is_err() {
+                    failure = Some(Errno::EIO);
+                }
+                break;
+            }
+            debug_assert!(gather.is_empty());
+            for (iova, area) in areas {
+                if failure.is_none() && units[hw.unit].mapped(hw.tag, Iova(*iova), area.last - iova + 1).is_err() {
+                    failure = Some(Errno::EIO);
+                }
+            }
+            done += 1;
+            if failure.is_some() {
+                break;
+            }
+        }
+        if let Some(mut err) = failure {
+            for &h in &ioas.hwpts[..done] {
+                let hw = part.hwpts.get_mut(&h).expect("IOAS lists live HWPTs");
+                let mut gather = Gather::new();
+                for (iova, area) in areas {
+                    let _ = hw.table.unmap(mem, Iova(*iova), area.last - iova + 1, &mut gather);
+                }
+                if flush_gather(&mut units[hw.unit], mem, hw.tag, gather).is_err() {
+                    err = Errno::EIO;
+                }
+            }
+            return Err(err);
+        }
+        for (iova, area) in areas {
+            let taken = ioas.free.take(Range { start: *iova, last: area.last });
+            debug_assert!(taken);
+            ioas.areas.insert(*iova, *area);
+        }
+        Ok(())
+    }
+
+    /// Remove whole areas (by first IOVA) from an IOAS and its HWPTs,
+    /// invalidate, then release pins. Returns the bytes removed.
+    fn remove_areas(&mut self, p: usize, ioas_id: u32, starts: &[u64]) -> Result<u64, Errno> {
+        let Self { units, mem, partitions, .. } = self;
+        let part = &mut partitions[p];
+        let ioas = part.ioas.get_mut(&ioas_id).expect("caller looked it up");
+        let mut flushed = true;
+        for &h in &ioas.hwpts {
+            let hw = part.hwpts.get_mut(&h).expect("IOAS lists live HWPTs");
+            let mut gather = Gather::new();
+            for start in starts {
+                let last = ioas.areas[start].last;
+                let res = hw.table.unmap(mem, Iova(*start), last - start + 1, &mut gather);
+                debug_assert!(res.is_ok(), "areas are whole in every HWPT");
+            }
+            if flush_gather(&mut units[hw.unit], mem, hw.tag, gather).is_err() {
+                flushed = false;
+            }
+        }
+        let mut bytes = 0;
+        let mut pins = Vec::with_capacity(starts.len());
+        for start in starts {
+            let area = ioas.areas.remove(start).expect("caller found it");
+            ioas.free.give(Range { start: *start, last: area.last });
+            bytes += area.last - start + 1;
+            pins.push(area.pin);
+        }
+        for pin in pins {
+            part.unref_pin(pin, flushed);
+        }
+        if flushed { Ok(bytes) } else { Err(Errno::EIO) }
+    }
+
+    /// IOAS_UNMAP. On `Err(ENOENT)` areas before the first one that was
+    /// not wholly inside the range may be gone (iommufd's partial case).
+    pub fn ioas_unmap(&mut self, p: usize, ioas_id: u32, iova: u64, length: u64) -> Result<u64, Errno> {
+        let ioas = self.partitions[p].ioas.get(&ioas_id).ok_or(Errno::ENOENT)?;
+        let all = iova == 0 && length == u64::MAX;
+        let range = if all {
+            Range { start: 0, last: u64::MAX }
+        } else {
+            if iova == u64::MAX || length == u64::MAX {
+                return Err(Errno::EOVERFLOW);
+            }
+            if length == 0 {
+                return Err(Errno::EINVAL);
+            }
+            Range::with_len(iova, length).ok_or(Errno::EOVERFLOW)?
+        };
+        let mut victims = Vec::new();
+        let mut partial = false;
+        let first = ioas.areas.range(..=range.start).next_back().filter(|(_, a)| a.last >= range.start).map_or(range.start, |(s, _)| *s);
+        for (&s, a) in ioas.areas.range(first..=range.last) {
+            if s < range.start || a.last > range.last {
+                partial = true;
+                break;
+            }
+            victims.push(s);
+        }
+        let bytes = if victims.is_empty() { 0 } else { self.remove_areas(p, ioas_id, &victims)? };
+        if partial || (victims.is_empty() && !all) { Err(Errno::ENOENT) } else { Ok(bytes) }
+    }
+
+    /// IOAS_COPY after the decoder's flag checks. Returns the destination
+    /// IOVA.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ioas_copy(&mut self, p: usize, dst_id: u32, src_id: u32, length: u64, dst_iova: Option<u64>, src_iova: u64, perm: Perm) -> Result<u64, Errno> {
+        let part = &mut self.partitions[p];
+        let src = part.ioas.get(&src_id).ok_or(Errno::ENOENT)?;
+        if length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let want = Range::with_len(src_iova, length).ok_or(Errno::EOVERFLOW)?;
+        // The contiguous run of areas covering the source range.
+        let mut pieces: Vec<(u64, u64, u64, u32)> = Vec::new(); // (src iova, len, gpa, pin)
+        let mut cur = want.start;
+        let mut areas = src.areas.range(..=want.start).next_back().into_iter().chain(src.areas.range(want.start + 1..=want.last));
+        loop {
+            let Some((&s, a)) = areas.next() else { return Err(Errno::ENOENT) };
+            if s > cur || a.last < cur {
+                return Err(Errno::ENOENT);
+            }
+            let last = a.last.min(want.last);
+            pieces.push((cur, last - cur + 1, a.gpa + (cur - s), a.pin));
+            if last == want.last {
+                break;
+            }
+            cur = last + 1;
+        }
+        let dst = part.ioas.get(&dst_id).ok_or(Errno::ENOENT)?;
+        if length % PAGE_SIZE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let range = match dst_iova {
+            Some(iova) => dst.check_fixed(iova, length)?,
+            None => dst.allocate(length, pieces[0].2)?,
+        };
+        let mut new = Vec::with_capacity(pieces.len());
+        let mut iova = range.start;
+        for &(_, len, gpa, pin) in &pieces {
+            if perm.contains(Perm::WRITE) && !part.pins[pin as usize].writable {
+                return Err(Errno::EPERM);
+            }
+            if gpa % PAGE_SIZE != 0 {
+                return Err(Errno::EINVAL);
+            }
+            new.push((iova, Area { last: iova + len - 1, gpa, perm, pin }));
+            iova += len;
+        }
+        for (_, a) in &new {
+            part.pins[a.pin as usize].refs += 1;
+        }
+        if let Err(e) = self.insert_areas(p, dst_id, &new) {
+            for (_, a) in &new {
+                self.partitions[p].unref_pin(a.pin, e != Errno::EIO);
+            }
+            return Err(e);
+        }
+        Ok(range.start)
+    }
+
+    /// IOVA_RANGES data: the usable ranges and the alignment.
+    pub fn ioas_ranges(&self, p: usize, ioas: u32) -> Result<Vec<Range>, Errno> {
+        Ok(self.partitions[p].ioas.get(&ioas).ok_or(Errno::ENOENT)?.usable())
+    }
+
+    /// OPTION HUGE_PAGES GET.
+    pub fn huge_pages(&self, p: usize, ioas: u32) -> Result<bool, Errno> {
+        Ok(self.partitions[p].ioas.get(&ioas).ok_or(Errno::ENOENT)?.huge)
+    }
+
+    /// OPTION HUGE_PAGES SET (iommufd: turning them off is refused once a
+    /// domain holds mappings).
+    pub fn set_huge_pages(&mut self, p: usize, ioas_id: u32, on: bool) -> Result<(), Errno> {
+        let part = &mut self.partitions[p];
+        let ioas = part.ioas.get_mut(&ioas_id).ok_or(Errno::ENOENT)?;
+        if !on && ioas.huge && !ioas.hwpts.is_empty() && !ioas.areas.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        ioas.huge = on;
+        for h in &ioas.hwpts {
+            part.hwpts.get_mut(h).expect("IOAS lists live HWPTs").table.set_huge_pages(on);
+        }
+        Ok(())
+    }
+
+    /// The global index of device object `dev_id` of partition `p`.
+    pub fn device_index(&self, p: usize, dev_id: u32) -> Result<usize, Errno> {
+        self.partitions[p].device(dev_id)
+    }
+
+    /// DEVICE_ATTACH: returns the HWPT id.
+    pub fn attach(&mut self, p: usize, dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
+        let d = self.partitions[p].device(dev_id)?;
+        let (unit, rid, old) = (self.devices[d].unit, self.devices[d].rid, self.devices[d].attached);
+        let part = &self.partitions[p];
+        let (ioas_id, given_hwpt) = match part.objects.get(pt_id) {
+            None => return Err(Errno::ENOENT),
+            Some(Kind::Device(_)) => return Err(Errno::EINVAL),
+            Some(Kind::Ioas) => (pt_id, None),
+            Some(Kind::Hwpt) => {
+                let hw = &part.hwpts[&pt_id];
+                if hw.unit != unit {
+                    return Err(Errno::EINVAL);
+                }
+                (hw.ioas, Some(pt_id))
+            }
+        };
+        let ioas = &part.ioas[&ioas_id];
+        let reuse = given_hwpt.or_else(|| ioas.hwpts.iter().copied().find(|h| part.hwpts[h].unit == unit));
+        if let Some(o) = old.filter(|o| Some(*o) == reuse) {
+            return Ok(o);
+        }
+        let old_ioas = old.map(|h| part.hwpts[&h].ioas);
+        let moving = old_ioas != Some(ioas_id);
+        if moving {
+            for r in &self.devices[d].regions {
+                if ioas.area_intersecting(&r.range) || ioas.allowed_intersecting(&r.range) {
+                    return Err(Errno::EADDRINUSE);
+                }
+            }
+        }
+        let (hwpt_id, created) = match reuse {
+            Some(h) => (h, false),
+            None => (self.new_hwpt(p, ioas_id, unit)?, true),
+        };
+        let (tag, root, format) = {
+            let hw = &self.partitions[p].hwpts[&hwpt_id];
+            (hw.tag, hw.table.root(), hw.table.format())
+        };
+        if self.units[unit].attach(rid, &Domain { tag, root, format }).is_err() {
+            if created {
+                let _ = self.free_hwpt(p, hwpt_id);
+            }
+            return Err(Errno::EIO);
+        }
+        let part = &mut self.partitions[p];
+        part.hwpts.get_mut(&hwpt_id).expect("live").users += 1;
+        self.devices[d].attached = Some(hwpt_id);
+        if moving {
+            let regions = &self.devices[d].regions;
+            let ioas = part.ioas.get_mut(&ioas_id).expect("live");
+            for r in regions {
+                ioas.reserved.add(r.range, Owner::Device(d as u32));
+            }
+            ioas.remerge();
+            if let Some(o) = old_ioas {
+                let old_ioas = part.ioas.get_mut(&o).expect("live");
+                old_ioas.reserved.remove_owner(Owner::Device(d as u32));
+                old_ioas.remerge();
+            }
+        }
+        if let Some(o) = old {
+            self.drop_hwpt_user(p, o)?;
+        }
+        Ok(hwpt_id)
+    }
+
+    /// DEVICE_DETACH.
+    pub fn detach(&mut self, p: usize, dev_id: u32) -> Result<(), Errno> {
+        let d = self.partitions[p].device(dev_id)?;
+        let Some(h) = self.devices[d].attached else { return Ok(()) };
+        let dev = &self.devices[d];
+        self.units[dev.unit].block(dev.rid).map_err(|_| Errno::EIO)?;
+        self.devices[d].attached = None;
+        let part = &mut self.partitions[p];
+        let ioas = part.ioas.get_mut(&part.hwpts[&h].ioas).expect("live");
+        ioas.reserved.remove_owner(Owner::Device(d as u32));
+        ioas.remerge();
+        self.drop_hwpt_user(p, h)
+    }
+
+    fn drop_hwpt_user(&mut self, p: usize, h: u32) -> Result<(), Errno> {
+        let hw = self.partitions[p].hwpts.get_mut(&h).expect("live");
+        hw.users -= 1;
+        if hw.users == 0 { self.free_hwpt(p, h) } else { Ok(()) }
+    }
+
+    /// A new automatic HWPT for `ioas` on `unit`, holding every area.
+    fn new_hwpt(&mut self, p: usize, ioas_id: u32, unit: usize) -> Result<u32, Errno> {
+        let Self { units, tags, mem, partitions, .. } = self;
+        let part = &mut partitions[p];
+        let format = units[unit].info().format;
+        let tag = tags[unit].0.insert(()).ok_or(Errno::ENOSPC)?;
+        let mut table = match AnyTable::new(&format, mem) {
+            Ok(t) => t,
+            Err(e) => {
+                tags[unit].0.remove(tag);
+                return Err(pt_errno(e));
+            }
+        };
+        let ioas = &part.ioas[&ioas_id];
+        table.set_huge_pages(ioas.huge);
+        let mut gather = Gather::new();
+        let mut failure = None;
+        for (iova, area) in &ioas.areas {
+            if let Err(e) = map_area(&mut table, mem, &part.memmap, *iova, area, &mut gather) {
+                failure = Some(pt_errno(e));
+                break;
+            }
+        }
+        let id = match failure {
+            None => part.objects.insert(Kind::Hwpt).ok_or(Errno::ENOMEM),
+            Some(e) => Err(e),
+        };
+        match id {
+            Ok(id) => {
+                debug_assert!(gather.is_empty());
+                part.hwpts.insert(id, Hwpt { ioas: ioas_id, unit, tag, table, users: 0 });
+                part.ioas.get_mut(&ioas_id).expect("live").hwpts.push(id);
+                Ok(id)
+            }
+            Err(e) => {
+                // No device ever used this table: nothing to invalidate.
+                table.destroy(mem, &mut gather);
+                gather.release(mem);
+                tags[unit].0.remove(tag);
+                Err(e)
+            }
+        }
+    }
+
+    /// Free an HWPT no device uses: invalidate its tag everywhere, then
+    /// free its tables and the tag.
+    fn free_hwpt(&mut self, p: usize, h: u32) -> Result<(), Errno> {
+        let Self { units, tags, mem, partitions, .. } = self;
+        let part = &mut partitions[p];
+        let hw = part.hwpts.remove(&h).expect("live");
+        part.objects.remove(h);
+        part.ioas.get_mut(&hw.ioas).expect("live").hwpts.retain(|x| *x != h);
+        let mut gather = Gather::new();
+        hw.table.destroy(mem, &mut gather);
+        let flush = Flush { tag: hw.tag, range: None, leaf_levels: gather.leaf_levels(), tables: true };
+        match units[hw.unit].flush(&flush) {
+            Ok(()) => {
+                gather.release(mem);
+                tags[hw.unit].0.remove(hw.tag);
+                Ok(())
+            }
+            // Tables and tag stay allocated forever: the unit may still
+            // hold them.
+            Err(_) => Err(Errno::EIO),
+        }
+    }
+
+    /// Take up to `max` fault records of partition `p` (after polling the
+    /// units), and the count of records lost since the last read.
+    pub fn take_faults(&mut self, p: usize, max: usize) -> (Vec<FaultRecord>, u64) {
+        self.poll_faults();
+        let part = &mut self.partitions[p];
+        let n = max.min(part.faults.len());
+        let records = part.faults.drain(..n).collect();
+        (records, core::mem::take(&mut part.lost))
+    }
+
+    /// Fault records waiting for partition `p`.
+    pub fn pending_faults(&mut self, p: usize) -> usize {
+        self.poll_faults();
+        self.partitions[p].faults.len()
+    }
+
+    /// Check every invariant the core promises; `Err` describes the first
+    /// violation. Costs a walk of every table: for tests and hvsim.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (pi, part) in self.partitions.iter().enumerate() {
+            let name = &part.name;
+            // Pins balance: each pin set's references are its areas.
+            let mut refs = alloc::vec![0u32; part.pins.len()];
+            for ioas in part.ioas.values() {
+                for a in ioas.areas.values() {
+                    refs[a.pin as usize] += 1;
+                }
+            }
+            let mut pages = part.stuck_pins;
+            for (i, set) in part.pins.iter().enumerate() {
+                let free = part.free_pins.contains(&(i as u32));
+                if free != (refs[i] == 0) || (!free && set.refs != refs[i]) {
+                    return Err(format!("{name}: pin set {i} has {} references, {} areas use it", set.refs, refs[i]));
+                }
+                if !free {
+                    pages += set.pages;
+                }
+            }
+            if pages != part.pinned {
+                return Err(format!("{name}: {} pages pinned, pin sets hold {pages}", part.pinned));
+            }
+            if part.pinned > part.pin_limit {
+                return Err(format!("{name}: {} pages pinned over the limit {}", part.pinned, part.pin_limit));
+            }
+            for (&id, ioas) in &part.ioas {
+                if part.objects.get(id) != Some(&Kind::Ioas) {
+                    return Err(format!("{name}: IOAS {id} not in the object table"));
+                }
+                let mut free = Holes::new();
+                for (&s, a) in &ioas.areas {
+                    if !free.take(Range { start: s, last: a.last }) || !part.memmap.is_ram(Gpa(a.gpa), a.last - s + 1) {
+                        return Err(format!("{name}: IOAS {id}: area {s:#x} overlaps another or is not RAM"));
+                    }
+                    if ioas.reserved.intersects(&Range { start: s, last: a.last }) {
+                        return Err(format!("{name}: IOAS {id}: area {s:#x} in a reserved range"));
+                    }
+                }
+                if free != ioas.free {
+                    return Err(format!("{name}: IOAS {id}: hole map does not match the areas"));
+                }
+                if ioas.merged != ioas.reserved.merged() {
+                    return Err(format!("{name}: IOAS {id}: stale reserved cache"));
+                }
+                for h in &ioas.hwpts {
+                    let hw = part.hwpts.get(h).ok_or_else(|| format!("{name}: IOAS {id} lists dead HWPT {h}"))?;
+                    if hw.ioas != id {
+                        return Err(format!("{name}: HWPT {h} belongs to IOAS {}, listed by {id}", hw.ioas));
+                    }
+                    self.check_hwpt_translates(pi, *h, hw, ioas)?;
+                }
+            }
+            for (&h, hw) in &part.hwpts {
+                let users = self.devices.iter().filter(|d| d.partition == pi && d.attached == Some(h)).count();
+                if users == 0 || users as u32 != hw.users {
+                    return Err(format!("{name}: HWPT {h} counts {} users, {users} devices use it", hw.users));
+                }
+                if !part.ioas.get(&hw.ioas).is_some_and(|i| i.hwpts.contains(&h)) {
+                    return Err(format!("{name}: HWPT {h} not listed by its IOAS"));
+                }
+            }
+        }
+        for dev in &self.devices {
+            let part = &self.partitions[dev.partition];
+            for (&id, ioas) in &part.ioas {
+                let attached_here = dev.attached.is_some_and(|h| part.hwpts.get(&h).is_some_and(|hw| hw.ioas == id));
+                let has = dev.regions.iter().all(|r| ioas.reserved.intersects(&r.range));
+                if attached_here && !has {
+                    return Err(format!("{}: device {} attached to IOAS {id} without its reserved regions", part.name, dev.id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every leaf of `hw` lies in an area and maps that area's memory with
+    /// its permission, and the leaves cover every area byte.
+    fn check_hwpt_translates(&self, pi: usize, h: u32, hw: &Hwpt, ioas: &Ioas) -> Result<(), String> {
+        let part = &self.partitions[pi];
+        let name = &part.name;
+        let mut covered = 0u64;
+        let mut bad = None;
+        hw.table.for_each_leaf(&self.mem, |iova, size, hpa, perm| {
+            if bad.is_some() {
+                return;
+            }
+            let last = iova.raw() + (size - 1);
+            let Some((&s, a)) = ioas.areas.range(..=iova.raw()).next_back() else {
+                bad = Some(format!("{name}: HWPT {h} maps {:#x}, outside every area", iova.raw()));
+                return;
+            };
+            if a.last < last {
+                bad = Some(format!("{name}: HWPT {h} leaf {:#x}+{size:#x} outside area {s:#x}-{:#x}", iova.raw(), a.last));
+                return;
+            }
+            let gpa = a.gpa + (iova.raw() - s);
+            let want = part.memmap.translate(Gpa(gpa));
+            let contiguous = part.memmap.translate(Gpa(gpa + size - 1)).map(|x| x.raw()) == want.map(|w| w.raw() + size - 1);
+            if want != Some(hpa) || !contiguous {
+                bad = Some(format!("{name}: HWPT {h} maps {:#x} to {:#x}, the area says {want:x?}", iova.raw(), hpa.raw()));
+                return;
+            }
+            if perm != hw.table.effective_perm(a.perm) {
+                bad = Some(format!("{name}: HWPT {h} grants {perm:?} at {:#x}, the area {:?}", iova.raw(), a.perm));
+                return;
+            }
+            covered += size;
+        });
+        if let Some(b) = bad {
+            return Err(b);
+        }
+        let total: u64 = ioas.areas.iter().map(|(s, a)| a.last - s + 1).sum();
+        if covered != total {
+            return Err(format!("{name}: HWPT {h} maps {covered:#x} bytes, its IOAS has {total:#x}"));
+        }
+        Ok(())
+    }
+
+    /// Whether the RAM of partition `p` holds `[gpa, gpa + len)` entirely.
+    #[must_use]
+    pub fn is_ram(&self, p: usize, gpa: u64, len: u64) -> bool {
+        self.partitions[p].memmap.is_ram(Gpa(gpa), len)
+    }
+
+    /// Read partition memory; EFAULT (reading nothing) unless every byte is
+    /// the partition's RAM.
+    pub fn read_guest(&self, p: usize, gpa: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let mut off = 0usize;
+        let ram = &self.ram;
+        self.partitions[p]
+            .memmap
+            .for_each_segment(Gpa(gpa), buf.len() as u64, |seg| {
+                let n = seg.len as usize;
+                ram.read(seg.hpa, &mut buf[off..off + n]);
+                off += n;
+            })
+            .ok_or(Errno::EFAULT)
+    }
+
+    /// Write partition memory; EFAULT (writing nothing) unless every byte
+    /// is the partition's RAM.
+    pub fn write_guest(&mut self, p: usize, gpa: u64, data: &[u8]) -> Result<(), Errno> {
+        let mut off = 0usize;
+        let ram = &mut self.ram;
+        self.partitions[p]
+            .memmap
+            .for_each_segment(Gpa(gpa), data.len() as u64, |seg| {
+                let n = seg.len as usize;
+                ram.write(seg.hpa, &data[off..off + n]);
+                off += n;
+            })
+            .ok_or(Errno::EFAULT)
+    }
+
+    /// The attached HWPT's unit, tag, root and format for device `d`.
+    #[must_use]
+    pub fn device_domain(&self, d: usize) -> Option<Domain> {
+        let dev = &self.devices[d];
+        let hw = &self.partitions[dev.partition].hwpts[&dev.attached?];
+        Some(Domain { tag: hw.tag, root: hw.table.root(), format: hw.table.format() })
+    }
+
+    /// The spans the allocator searches (for reports).
+    #[must_use]
+    pub fn auto_span() -> Range {
+        AUTO_SPAN
+    }
+}
