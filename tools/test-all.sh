@@ -5,7 +5,9 @@
 #   3. builds the core for both bare-metal targets (it must stay no_std);
 #   4. clippy with warnings as errors;
 #   5. all host tests (unit, bit-exact, spec-walker, model-based property tests);
-#   6. compiles the benchmarks (they are run by hand: `cargo bench`, see README).
+#   6. the hvsim conformance scripts (shared/conformance, copied into
+#      tests/conformance/shared, and Sluice's own in tests/conformance);
+#   7. compiles the benchmarks (they are run by hand: `cargo bench`, see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,9 +42,31 @@ read -r passed failed < <(awk '/^test result/ {
     for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   END { print p + 0, f + 0 }' target/test-all.log)
 
+step "conformance scripts (hvsim)"
+# The shared examples are kept in tests/conformance/shared; when the shared
+# design folder sits beside the checkout, the copies must match it.
+if [ -d ../shared/conformance ]; then
+  for f in ../shared/conformance/*.hvsim; do
+    if ! cmp -s "$f" "tests/conformance/shared/$(basename "$f")"; then
+      echo "tests/conformance/shared/$(basename "$f") differs from $f: copy it again" >&2
+      status=1
+    fi
+  done
+fi
+cargo build --locked -q --release -p hvsim
+conf_status=0
+./target/release/hvsim check tests/conformance/shared/*.hvsim tests/conformance/*.hvsim > target/conformance.log || conf_status=$?
+grep -E '^FAIL' target/conformance.log || true
+tail -n 1 target/conformance.log
+read -r conf_passed conf_failed < <(awk 'END { print $1 + 0, $3 + 0 }' target/conformance.log)
+if [ "$conf_status" -ne 0 ]; then status=1; fi
+
 step "benchmarks compile"
 cargo bench --locked -q --workspace --no-run 2>&1 | grep -v '^\s*Executable' || true
 
 echo
+echo "conformance expectations: ${conf_passed} passed, ${conf_failed} failed"
+passed=$((passed + conf_passed))
+failed=$((failed + conf_failed))
 echo "tests: ${passed} passed, ${failed} failed"
 exit "$status"

@@ -38,8 +38,12 @@ pub trait PhysMem {
 pub const MAX_OBJECTS: u32 = 4096;
 /// Fault records a partition's queue holds; more are counted as lost.
 pub const FAULT_QUEUE: usize = 256;
-/// Most ranges an allowed list may hold.
-pub const MAX_ALLOWED: u32 = 4096;
+/// Most allowed ranges a partition may hold over all its IOASes.
+pub const MAX_ALLOWED: usize = 4096;
+/// Most areas a partition may hold over all its IOASes unless its
+/// configuration says otherwise (MAP areas are also bounded by the pin
+/// limit; COPY areas only by this).
+pub const DEFAULT_MAX_AREAS: u64 = 1 << 21;
 
 /// A partition as the configuration describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +54,9 @@ pub struct PartitionConfig {
     pub ram: Vec<RamRange>,
     /// Most pages the partition may have pinned at once.
     pub pin_limit: u64,
+    /// Most areas over all its IOASes (hypervisor heap and table memory
+    /// they cost are bounded by it).
+    pub max_areas: u64,
 }
 
 /// A reserved region of a device.
@@ -201,14 +208,19 @@ impl Ioas {
         Ok(range)
     }
 
-    /// iommufd's iopt_alloc_iova: first fit with the ABI's alignment.
-    fn allocate(&self, len: u64, gpa: u64) -> Result<Range, Errno> {
-        if len >= u64::MAX / 2 {
-            return Err(Errno::EOVERFLOW);
-        }
+    /// First fit with the ABI's alignment. MAP follows ABI.md's order
+    /// (nothing fits: ENOSPC, whatever the gpa); COPY keeps iommufd's
+    /// iopt_alloc_iova checks (EOVERFLOW for 2^63 bytes or more, EINVAL for
+    /// an alignment below the page).
+    fn allocate(&self, len: u64, gpa: u64, iommufd_checks: bool) -> Result<Range, Errno> {
         let align = auto_alignment(len, gpa);
-        if align < PAGE_SIZE {
-            return Err(Errno::EINVAL);
+        if iommufd_checks {
+            if len >= u64::MAX / 2 {
+                return Err(Errno::EOVERFLOW);
+            }
+            if align < PAGE_SIZE {
+                return Err(Errno::EINVAL);
+            }
         }
         let iova = self.free.first_fit(&self.merged, &self.allowed, len, align).ok_or(Errno::ENOSPC)?;
         Ok(Range::with_len(iova, len).expect("first_fit returns ranges that fit"))
@@ -249,12 +261,9 @@ pub struct Partition {
     ioas: BTreeMap<u32, Ioas>,
     hwpts: BTreeMap<u32, Hwpt>,
     pin_limit: u64,
-    pinned: u64,
-    /// Pages whose release waits on an invalidation that failed: never
-    /// given back.
-    stuck_pins: u64,
-    pins: Vec<PinSet>,
-    free_pins: Vec<u32>,
+    max_areas: u64,
+    areas: u64,
+    pins: Pins,
     faults: VecDeque<FaultRecord>,
     lost: u64,
     console: Vec<u8>,
@@ -277,7 +286,7 @@ impl Partition {
     /// Pages pinned now.
     #[must_use]
     pub fn pinned(&self) -> u64 {
-        self.pinned
+        self.pins.pinned
     }
 
     /// The IOAS with id `id`.
@@ -330,32 +339,52 @@ impl Partition {
             _ => Err(Errno::ENOENT),
         }
     }
+}
 
-    fn new_pin(&mut self, pages: u64, writable: bool) -> u32 {
+/// A partition's pin sets: one per MAP, shared by the areas COPY makes
+/// from it, released when its last area is gone and invalidated.
+#[derive(Debug, Default)]
+struct Pins {
+    /// Pages pinned now (live sets plus `stuck`).
+    pinned: u64,
+    /// Pages whose release waits on an invalidation that failed: never
+    /// given back.
+    stuck: u64,
+    sets: Vec<PinSet>,
+    free: Vec<u32>,
+}
+
+impl Pins {
+    fn add(&mut self, pages: u64, writable: bool) -> u32 {
         let set = PinSet { pages, refs: 1, writable };
         self.pinned += pages;
-        if let Some(i) = self.free_pins.pop() {
-            self.pins[i as usize] = set;
+        if let Some(i) = self.free.pop() {
+            self.sets[i as usize] = set;
             i
         } else {
-            self.pins.push(set);
-            (self.pins.len() - 1) as u32
+            self.sets.push(set);
+            (self.sets.len() - 1) as u32
         }
     }
 
     /// Drop one area's reference; `released` says whether the IOTLBs were
     /// invalidated (else the pages stay pinned for good).
-    fn unref_pin(&mut self, pin: u32, released: bool) {
-        let set = &mut self.pins[pin as usize];
+    fn unref(&mut self, pin: u32, released: bool) {
+        let set = &mut self.sets[pin as usize];
         set.refs -= 1;
         if set.refs == 0 {
-            self.pinned -= set.pages;
-            if !released {
-                self.stuck_pins += set.pages;
-                self.pinned += set.pages;
+            if released {
+                self.pinned -= set.pages;
+            } else {
+                self.stuck += set.pages;
             }
             set.pages = 0;
-            self.free_pins.push(pin);
+            if pin as usize == self.sets.len() - 1 {
+                // Keep the slab as it was before the set was made.
+                self.sets.pop();
+            } else {
+                self.free.push(pin);
+            }
         }
     }
 }
@@ -376,6 +405,7 @@ pub struct Hypervisor<U, M, R> {
     devices: Vec<Device>,
     by_rid: BTreeMap<(usize, u32), usize>,
     stray_faults: u64,
+    iommu_failures: u64,
 }
 
 /// The parts of the machine a simulator or driver glue needs at once.
@@ -439,7 +469,7 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
     /// else yet.
     pub fn new(units: Vec<U>, mem: M, ram: R) -> Self {
         let tags = units.iter().map(|u| Tags(ObjectTable::new(u.info().max_domains))).collect();
-        Self { units, tags, mem, ram, partitions: Vec::new(), devices: Vec::new(), by_rid: BTreeMap::new(), stray_faults: 0 }
+        Self { units, tags, mem, ram, partitions: Vec::new(), devices: Vec::new(), by_rid: BTreeMap::new(), stray_faults: 0, iommu_failures: 0 }
     }
 
     /// Add an IOMMU unit; returns its index.
@@ -468,10 +498,9 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             ioas: BTreeMap::new(),
             hwpts: BTreeMap::new(),
             pin_limit: cfg.pin_limit,
-            pinned: 0,
-            stuck_pins: 0,
-            pins: Vec::new(),
-            free_pins: Vec::new(),
+            max_areas: cfg.max_areas,
+            areas: 0,
+            pins: Pins::default(),
             faults: VecDeque::new(),
             lost: 0,
             console: Vec::new(),
@@ -563,6 +592,14 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         Machine { units: &mut self.units, mem: &self.mem, ram: &mut self.ram }
     }
 
+    /// Invalidations (or other unit requests) that failed after the
+    /// tables had already changed. Their pages and tables are never given
+    /// back; the command still reports what it did.
+    #[must_use]
+    pub fn iommu_failures(&self) -> u64 {
+        self.iommu_failures
+    }
+
     /// Faults whose requester id no device has.
     #[must_use]
     pub fn stray_faults(&self) -> u64 {
@@ -604,8 +641,9 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
                 }
                 let ioas = part.ioas.remove(&id).expect("checked");
                 for area in ioas.areas.values() {
-                    part.unref_pin(area.pin, true);
+                    part.pins.unref(area.pin, true);
                 }
+                part.areas -= ioas.areas.len() as u64;
                 part.objects.remove(id);
                 Ok(())
             }
@@ -623,9 +661,14 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
     /// IOAS_ALLOW_IOVAS with the list already read and checked for
     /// malformed and overlapping ranges.
     pub fn ioas_set_allowed(&mut self, p: usize, ioas: u32, mut list: Vec<Range>) -> Result<(), Errno> {
-        let ioas = self.partitions[p].ioas_mut(ioas)?;
+        let part = &mut self.partitions[p];
+        let others: usize = part.ioas.iter().filter(|(id, _)| **id != ioas).map(|(_, i)| i.allowed.len()).sum();
+        let ioas = part.ioas_mut(ioas)?;
         if list.iter().any(|r| ioas.reserved.intersects(r)) {
             return Err(Errno::EADDRINUSE);
+        }
+        if others + list.len() > MAX_ALLOWED {
+            return Err(Errno::ENOMEM);
         }
         list.sort_unstable();
         ioas.allowed = list;
@@ -643,7 +686,7 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         }
         let range = match iova {
             Some(iova) => ioas.check_fixed(iova, length)?,
-            None => ioas.allocate(length, gpa)?,
+            None => ioas.allocate(length, gpa, false)?,
         };
         if gpa % PAGE_SIZE != 0 {
             return Err(Errno::EINVAL);
@@ -652,13 +695,13 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             return Err(Errno::EFAULT);
         }
         let pages = length / PAGE_SIZE;
-        if part.pinned.checked_add(pages).is_none_or(|n| n > part.pin_limit) {
+        if part.pins.pinned.checked_add(pages).is_none_or(|n| n > part.pin_limit) {
             return Err(Errno::ENOMEM);
         }
-        let pin = part.new_pin(pages, perm.contains(Perm::WRITE));
+        let pin = part.pins.add(pages, perm.contains(Perm::WRITE));
         let area = Area { last: range.last, gpa, perm, pin };
         if let Err(e) = self.insert_areas(p, ioas_id, &[(range.start, area)]) {
-            self.partitions[p].unref_pin(pin, e != Errno::EIO);
+            self.partitions[p].pins.unref(pin, e != Errno::EIO);
             return Err(e);
         }
         Ok(range.start)
@@ -669,6 +712,9 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
     fn insert_areas(&mut self, p: usize, ioas_id: u32, areas: &[(u64, Area)]) -> Result<(), Errno> {
         let Self { units, mem, partitions, .. } = self;
         let part = &mut partitions[p];
+        if part.areas + areas.len() as u64 > part.max_areas {
+            return Err(Errno::ENOMEM);
+        }
         let ioas = part.ioas.get_mut(&ioas_id).expect("caller looked it up");
         let mut failure = None;
         // HWPTs that hold all of `areas`.
@@ -722,13 +768,14 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             debug_assert!(taken);
             ioas.areas.insert(*iova, *area);
         }
+        part.areas += areas.len() as u64;
         Ok(())
     }
 
     /// Remove whole areas (by first IOVA) from an IOAS and its HWPTs,
     /// invalidate, then release pins. Returns the bytes removed.
-    fn remove_areas(&mut self, p: usize, ioas_id: u32, starts: &[u64]) -> Result<u64, Errno> {
-        let Self { units, mem, partitions, .. } = self;
+    fn remove_areas(&mut self, p: usize, ioas_id: u32, starts: &[u64]) -> u64 {
+        let Self { units, mem, partitions, iommu_failures, .. } = self;
         let part = &mut partitions[p];
         let ioas = part.ioas.get_mut(&ioas_id).expect("caller looked it up");
         let mut flushed = true;
@@ -742,20 +789,21 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             }
             if flush_gather(&mut units[hw.unit], mem, hw.tag, gather).is_err() {
                 flushed = false;
+                *iommu_failures += 1;
             }
         }
         let mut bytes = 0;
-        let mut pins = Vec::with_capacity(starts.len());
         for start in starts {
             let area = ioas.areas.remove(start).expect("caller found it");
             ioas.free.give(Range { start: *start, last: area.last });
             bytes += area.last - start + 1;
-            pins.push(area.pin);
+            part.pins.unref(area.pin, flushed);
         }
-        for pin in pins {
-            part.unref_pin(pin, flushed);
-        }
-        if flushed { Ok(bytes) } else { Err(Errno::EIO) }
+        part.areas -= starts.len() as u64;
+        // A failed invalidation leaves the pages pinned and the tables
+        // allocated for good (the unit may still use them); the areas are
+        // gone all the same, so UNMAP reports them.
+        bytes
     }
 
     /// IOAS_UNMAP. On `Err(ENOENT)` areas before the first one that was
@@ -774,7 +822,10 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             }
             Range::with_len(iova, length).ok_or(Errno::EOVERFLOW)?
         };
+        // The common single-area unmap needs no allocation.
+        let mut one = [0u64; 1];
         let mut victims = Vec::new();
+        let mut count = 0usize;
         let mut partial = false;
         let first = ioas.areas.range(..=range.start).next_back().filter(|(_, a)| a.last >= range.start).map_or(range.start, |(s, _)| *s);
         for (&s, a) in ioas.areas.range(first..=range.last) {
@@ -782,10 +833,19 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
                 partial = true;
                 break;
             }
-            victims.push(s);
+            if count == 0 {
+                one[0] = s;
+            } else {
+                if count == 1 {
+                    victims.push(one[0]);
+                }
+                victims.push(s);
+            }
+            count += 1;
         }
-        let bytes = if victims.is_empty() { 0 } else { self.remove_areas(p, ioas_id, &victims)? };
-        if partial || (victims.is_empty() && !all) { Err(Errno::ENOENT) } else { Ok(bytes) }
+        let starts: &[u64] = if count == 1 { &one } else { &victims };
+        let bytes = if count == 0 { 0 } else { self.remove_areas(p, ioas_id, starts) };
+        if partial || (count == 0 && !all) { Err(Errno::ENOENT) } else { Ok(bytes) }
     }
 
     /// IOAS_COPY after the decoder's flag checks. Returns the destination
@@ -801,7 +861,8 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         // The contiguous run of areas covering the source range.
         let mut pieces: Vec<(u64, u64, u64, u32)> = Vec::new(); // (src iova, len, gpa, pin)
         let mut cur = want.start;
-        let mut areas = src.areas.range(..=want.start).next_back().into_iter().chain(src.areas.range(want.start + 1..=want.last));
+        let later = (core::ops::Bound::Excluded(want.start), core::ops::Bound::Included(want.last));
+        let mut areas = src.areas.range(..=want.start).next_back().into_iter().chain(src.areas.range(later));
         loop {
             let Some((&s, a)) = areas.next() else { return Err(Errno::ENOENT) };
             if s > cur || a.last < cur {
@@ -820,26 +881,26 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         }
         let range = match dst_iova {
             Some(iova) => dst.check_fixed(iova, length)?,
-            None => dst.allocate(length, pieces[0].2)?,
+            None => dst.allocate(length, pieces[0].2, true)?,
         };
         let mut new = Vec::with_capacity(pieces.len());
         let mut iova = range.start;
         for &(_, len, gpa, pin) in &pieces {
-            if perm.contains(Perm::WRITE) && !part.pins[pin as usize].writable {
+            if perm.contains(Perm::WRITE) && !part.pins.sets[pin as usize].writable {
                 return Err(Errno::EPERM);
             }
             if gpa % PAGE_SIZE != 0 {
                 return Err(Errno::EINVAL);
             }
-            new.push((iova, Area { last: iova + len - 1, gpa, perm, pin }));
-            iova += len;
+            new.push((iova, Area { last: iova + (len - 1), gpa, perm, pin }));
+            iova = iova.wrapping_add(len);
         }
         for (_, a) in &new {
-            part.pins[a.pin as usize].refs += 1;
+            part.pins.sets[a.pin as usize].refs += 1;
         }
         if let Err(e) = self.insert_areas(p, dst_id, &new) {
             for (_, a) in &new {
-                self.partitions[p].unref_pin(a.pin, e != Errno::EIO);
+                self.partitions[p].pins.unref(a.pin, e != Errno::EIO);
             }
             return Err(e);
         }
@@ -938,7 +999,9 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             }
         }
         if let Some(o) = old {
-            self.drop_hwpt_user(p, o)?;
+            // The device already translates through the new HWPT: a failed
+            // invalidation of the old one is counted, not reported.
+            self.drop_hwpt_user(p, o);
         }
         Ok(hwpt_id)
     }
@@ -954,13 +1017,16 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         let ioas = part.ioas.get_mut(&part.hwpts[&h].ioas).expect("live");
         ioas.reserved.remove_owner(Owner::Device(d as u32));
         ioas.remerge();
-        self.drop_hwpt_user(p, h)
+        self.drop_hwpt_user(p, h);
+        Ok(())
     }
 
-    fn drop_hwpt_user(&mut self, p: usize, h: u32) -> Result<(), Errno> {
+    fn drop_hwpt_user(&mut self, p: usize, h: u32) {
         let hw = self.partitions[p].hwpts.get_mut(&h).expect("live");
         hw.users -= 1;
-        if hw.users == 0 { self.free_hwpt(p, h) } else { Ok(()) }
+        if hw.users == 0 && self.free_hwpt(p, h).is_err() {
+            self.iommu_failures += 1;
+        }
     }
 
     /// A new automatic HWPT for `ioas` on `unit`, holding every area.
@@ -1052,15 +1118,15 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         for (pi, part) in self.partitions.iter().enumerate() {
             let name = &part.name;
             // Pins balance: each pin set's references are its areas.
-            let mut refs = alloc::vec![0u32; part.pins.len()];
+            let mut refs = alloc::vec![0u32; part.pins.sets.len()];
             for ioas in part.ioas.values() {
                 for a in ioas.areas.values() {
                     refs[a.pin as usize] += 1;
                 }
             }
-            let mut pages = part.stuck_pins;
-            for (i, set) in part.pins.iter().enumerate() {
-                let free = part.free_pins.contains(&(i as u32));
+            let mut pages = part.pins.stuck;
+            for (i, set) in part.pins.sets.iter().enumerate() {
+                let free = part.pins.free.contains(&(i as u32));
                 if free != (refs[i] == 0) || (!free && set.refs != refs[i]) {
                     return Err(format!("{name}: pin set {i} has {} references, {} areas use it", set.refs, refs[i]));
                 }
@@ -1068,11 +1134,11 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
                     pages += set.pages;
                 }
             }
-            if pages != part.pinned {
-                return Err(format!("{name}: {} pages pinned, pin sets hold {pages}", part.pinned));
+            if pages != part.pins.pinned {
+                return Err(format!("{name}: {} pages pinned, pin sets hold {pages}", part.pins.pinned));
             }
-            if part.pinned > part.pin_limit {
-                return Err(format!("{name}: {} pages pinned over the limit {}", part.pinned, part.pin_limit));
+            if part.pins.pinned > part.pin_limit {
+                return Err(format!("{name}: {} pages pinned over the limit {}", part.pins.pinned, part.pin_limit));
             }
             for (&id, ioas) in &part.ioas {
                 if part.objects.get(id) != Some(&Kind::Ioas) {

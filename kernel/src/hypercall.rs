@@ -5,6 +5,7 @@
 //! [`Hypervisor::write_guest`], which refuse (EFAULT) any byte that is not
 //! the calling partition's RAM. The command struct is read once.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -42,7 +43,9 @@ pub enum Outcome {
 /// `None` (SMCCC NOT_SUPPORTED) outside this ABI's range.
 #[must_use]
 pub fn smccc_command(function_id: u64) -> Option<u64> {
-    (function_id & !0xff == abi::SMCCC_BASE).then_some(function_id & 0xff)
+    // SMCCC passes the function id in W0: the upper half of x0 is ignored.
+    let id = function_id as u32;
+    (u64::from(id & !0xff) == abi::SMCCC_BASE).then_some(u64::from(id & 0xff))
 }
 
 /// The struct as copied in: `size` (first read), and its bytes,
@@ -98,7 +101,7 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         if size > MAX_STRUCT_SIZE {
             return Err(Errno::E2BIG);
         }
-        if !self.is_ram(p, gpa, u64::from(size)) {
+        if size > info.size && !self.is_ram(p, gpa, u64::from(size)) {
             return Err(Errno::EFAULT);
         }
         let mut bytes = [0u8; 64];
@@ -285,10 +288,9 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             return Err(Errno::EOPNOTSUPP);
         }
         self.ioas_ranges(p, c.ioas_id)?;
-        if c.num_iovas > MAX_ALLOWED {
-            return Err(Errno::ENOMEM);
-        }
-        let mut list: Vec<Range> = Vec::with_capacity(c.num_iovas as usize);
+        // Loaded in order, as iommufd does: the first bad element decides
+        // the errno. The tree finds overlaps in O(log n) per element.
+        let mut loaded: BTreeMap<u64, u64> = BTreeMap::new();
         for i in 0..u64::from(c.num_iovas) {
             let mut raw = [0u8; 16];
             let at = c.allowed_iovas.checked_add(i * 16).ok_or(Errno::EFAULT)?;
@@ -297,12 +299,16 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             if r.start >= r.last {
                 return Err(Errno::EINVAL);
             }
-            let r = Range { start: r.start, last: r.last };
-            if list.iter().any(|x| x.intersects(&r)) {
+            let below = loaded.range(..=r.last).next_back().is_some_and(|(_, last)| *last >= r.start);
+            if below {
                 return Err(Errno::EINVAL);
             }
-            list.push(r);
+            if loaded.len() >= MAX_ALLOWED {
+                return Err(Errno::ENOMEM);
+            }
+            loaded.insert(r.start, r.last);
         }
+        let list = loaded.into_iter().map(|(start, last)| Range { start, last }).collect();
         self.ioas_set_allowed(p, c.ioas_id, list)
     }
 
@@ -348,6 +354,9 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         let d = self.device_index(p, c.dev_id)?;
         let info = self.units()[self.devices()[d].unit].info().hw_info;
         let copy = (c.data_len as usize).min(info.len);
+        if c.data_len > MAX_STRUCT_SIZE {
+            return Err(Errno::EINVAL);
+        }
         if c.data_len > 0 {
             if c.data_gpa.checked_add(u64::from(c.data_len)).is_none() || !self.is_ram(p, c.data_gpa, u64::from(c.data_len)) {
                 return Err(Errno::EFAULT);

@@ -109,6 +109,15 @@ impl MemoryMap {
     /// that `f` is never called for a range that fails).
     pub fn for_each_segment(&self, gpa: Gpa, len: u64, mut f: impl FnMut(Segment)) -> Option<()> {
         let end = gpa.raw().checked_add(len)?;
+        // Fast path: the whole range inside one RAM range.
+        if let Some(r) = self.range_of(gpa.raw()) {
+            if end <= r.gpa.raw() + r.len {
+                if len > 0 {
+                    f(Segment { gpa, hpa: Hpa(r.hpa.raw() + (gpa.raw() - r.gpa.raw())), len });
+                }
+                return Some(());
+            }
+        }
         // Check first, then report: a failure has no side effect.
         let mut cur = gpa.raw();
         while cur < end {

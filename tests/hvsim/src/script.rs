@@ -362,6 +362,7 @@ impl Sim {
         let (args, _) = self.args(&toks[1..])?;
         let mut ram = Vec::new();
         let mut pin_limit = u64::MAX;
+        let mut max_areas = sluice_kernel::hv::DEFAULT_MAX_AREAS;
         for (k, v) in &args {
             match *k {
                 "ram" => {
@@ -375,13 +376,14 @@ impl Sim {
                     }
                 }
                 "pin_limit" => pin_limit = number(v).ok_or("bad pin_limit")?,
+                "max_areas" => max_areas = number(v).ok_or("bad max_areas")?,
                 _ => return Err(format!("unknown partition field {k}")),
             }
         }
         let top = ram.iter().max_by_key(|r| r.gpa).ok_or("partition needs ram=")?;
         let ram_end = top.gpa.raw() + top.len;
         let scratch = ram_end - 4096;
-        let index = self.hv.add_partition(PartitionConfig { name: name.into(), ram, pin_limit }).map_err(|e| format!("{e:?}"))?;
+        let index = self.hv.add_partition(PartitionConfig { name: name.into(), ram, pin_limit, max_areas }).map_err(|e| format!("{e:?}"))?;
         self.parts.insert(name.into(), SimPartition { index, scratch, ram_end });
         Ok(Reply::ok())
     }
