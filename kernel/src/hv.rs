@@ -245,11 +245,52 @@ enum Kind {
     Device(usize),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct PinSet {
-    pages: u64,
+    /// First guest-physical address of the MAP.
+    gpa: u64,
+    /// Pages of this set pinned now.
+    live: u64,
+    /// Areas using the set.
     refs: u32,
     writable: bool,
+    /// How many areas cover each page, as a step function over page
+    /// offsets (key: where the count changes to the value). `None` while
+    /// the MAP's own area is the only user (it covers every page).
+    cover: Option<BTreeMap<u64, u32>>,
+}
+
+/// Add `delta` (+1 or -1) to the cover count of pages `[a, b)`; returns
+/// the pages whose count crossed zero (0 -> 1 when adding, 1 -> 0 when
+/// removing).
+fn cover_add(cover: &mut BTreeMap<u64, u32>, a: u64, b: u64, up: bool) -> u64 {
+    let at = |c: &BTreeMap<u64, u32>, x: u64| c.range(..=x).next_back().map_or(0, |(_, v)| *v);
+    for x in [a, b] {
+        let v = at(cover, x);
+        cover.entry(x).or_insert(v);
+    }
+    let keys: Vec<u64> = cover.range(a..b).map(|(k, _)| *k).collect();
+    let mut crossed = 0;
+    for (i, k) in keys.iter().enumerate() {
+        let end = keys.get(i + 1).copied().unwrap_or(b);
+        let v = cover.get_mut(k).expect("key from the map");
+        if up {
+            crossed += if *v == 0 { end - k } else { 0 };
+            *v += 1;
+        } else {
+            *v -= 1;
+            crossed += if *v == 0 { end - k } else { 0 };
+        }
+    }
+    // Drop breakpoints that no longer change the count.
+    let edges: Vec<u64> = cover.range(a..=b).map(|(k, _)| *k).collect();
+    for k in edges {
+        let before = cover.range(..k).next_back().map_or(0, |(_, v)| *v);
+        if cover[&k] == before {
+            cover.remove(&k);
+        }
+    }
+    crossed
 }
 
 /// One partition's view: its memory, objects, pins and fault queue.
@@ -355,8 +396,8 @@ struct Pins {
 }
 
 impl Pins {
-    fn add(&mut self, pages: u64, writable: bool) -> u32 {
-        let set = PinSet { pages, refs: 1, writable };
+    fn add(&mut self, gpa: u64, pages: u64, writable: bool) -> u32 {
+        let set = PinSet { gpa, live: pages, refs: 1, writable, cover: None };
         self.pinned += pages;
         if let Some(i) = self.free.pop() {
             self.sets[i as usize] = set;
@@ -367,18 +408,45 @@ impl Pins {
         }
     }
 
-    /// Drop one area's reference; `released` says whether the IOTLBs were
-    /// invalidated (else the pages stay pinned for good).
-    fn unref(&mut self, pin: u32, released: bool) {
+    /// Pages `[first, first + n)` of the set an area at `gpa` of `len`
+    /// bytes covers.
+    fn span(set: &PinSet, gpa: u64, len: u64) -> (u64, u64) {
+        let first = (gpa - set.gpa) / PAGE_SIZE;
+        (first, first + len / PAGE_SIZE)
+    }
+
+    /// One more area (a COPY piece at `gpa`, `len` bytes) uses the set. Its
+    /// pages are pinned already: nothing is counted.
+    fn share(&mut self, pin: u32, gpa: u64, len: u64) {
         let set = &mut self.sets[pin as usize];
+        let (a, b) = Self::span(set, gpa, len);
+        let total = set.live;
+        let cover = set.cover.get_or_insert_with(|| BTreeMap::from([(0, 1), (total, 0)]));
+        let crossed = cover_add(cover, a, b, true);
+        debug_assert_eq!(crossed, 0, "a COPY covers pinned pages only");
+        set.refs += 1;
+    }
+
+    /// An area (at `gpa`, `len` bytes) no longer uses the set: the pages no
+    /// other area covers are released, if `released` says the IOTLBs were
+    /// invalidated; else they stay pinned for good.
+    fn unref(&mut self, pin: u32, gpa: u64, len: u64, released: bool) {
+        let set = &mut self.sets[pin as usize];
+        let (a, b) = Self::span(set, gpa, len);
+        let gone = match set.cover.as_mut() {
+            None => set.live,
+            Some(cover) => cover_add(cover, a, b, false),
+        };
+        set.live -= gone;
         set.refs -= 1;
+        if released {
+            self.pinned -= gone;
+        } else {
+            self.stuck += gone;
+        }
         if set.refs == 0 {
-            if released {
-                self.pinned -= set.pages;
-            } else {
-                self.stuck += set.pages;
-            }
-            set.pages = 0;
+            debug_assert_eq!(set.live, 0);
+            set.cover = None;
             if pin as usize == self.sets.len() - 1 {
                 // Keep the slab as it was before the set was made.
                 self.sets.pop();
@@ -640,8 +708,8 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
                     return Err(Errno::EBUSY);
                 }
                 let ioas = part.ioas.remove(&id).expect("checked");
-                for area in ioas.areas.values() {
-                    part.pins.unref(area.pin, true);
+                for (s, area) in &ioas.areas {
+                    part.pins.unref(area.pin, area.gpa, area.last - s + 1, true);
                 }
                 part.areas -= ioas.areas.len() as u64;
                 part.objects.remove(id);
@@ -698,10 +766,10 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         if part.pins.pinned.checked_add(pages).is_none_or(|n| n > part.pin_limit) {
             return Err(Errno::ENOMEM);
         }
-        let pin = part.pins.add(pages, perm.contains(Perm::WRITE));
+        let pin = part.pins.add(gpa, pages, perm.contains(Perm::WRITE));
         let area = Area { last: range.last, gpa, perm, pin };
         if let Err(e) = self.insert_areas(p, ioas_id, &[(range.start, area)]) {
-            self.partitions[p].pins.unref(pin, e != Errno::EIO);
+            self.partitions[p].pins.unref(pin, gpa, length, e != Errno::EIO);
             return Err(e);
         }
         Ok(range.start)
@@ -797,7 +865,7 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             let area = ioas.areas.remove(start).expect("caller found it");
             ioas.free.give(Range { start: *start, last: area.last });
             bytes += area.last - start + 1;
-            part.pins.unref(area.pin, flushed);
+            part.pins.unref(area.pin, area.gpa, area.last - start + 1, flushed);
         }
         part.areas -= starts.len() as u64;
         // A failed invalidation leaves the pages pinned and the tables
@@ -895,12 +963,12 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             new.push((iova, Area { last: iova + (len - 1), gpa, perm, pin }));
             iova = iova.wrapping_add(len);
         }
-        for (_, a) in &new {
-            part.pins.sets[a.pin as usize].refs += 1;
+        for (s, a) in &new {
+            part.pins.share(a.pin, a.gpa, a.last - s + 1);
         }
         if let Err(e) = self.insert_areas(p, dst_id, &new) {
-            for (_, a) in &new {
-                self.partitions[p].pins.unref(a.pin, e != Errno::EIO);
+            for (s, a) in &new {
+                self.partitions[p].pins.unref(a.pin, a.gpa, a.last - s + 1, e != Errno::EIO);
             }
             return Err(e);
         }
@@ -1117,21 +1185,33 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
     pub fn check_invariants(&self) -> Result<(), String> {
         for (pi, part) in self.partitions.iter().enumerate() {
             let name = &part.name;
-            // Pins balance: each pin set's references are its areas.
-            let mut refs = alloc::vec![0u32; part.pins.sets.len()];
+            // Pins balance: each pin set's references are its areas, and
+            // its live pages are the union of the pages they cover.
+            let mut users: Vec<Vec<(u64, u64)>> = alloc::vec![Vec::new(); part.pins.sets.len()];
             for ioas in part.ioas.values() {
-                for a in ioas.areas.values() {
-                    refs[a.pin as usize] += 1;
+                for (s, a) in &ioas.areas {
+                    let set = &part.pins.sets[a.pin as usize];
+                    users[a.pin as usize].push(Pins::span(set, a.gpa, a.last - s + 1));
                 }
             }
             let mut pages = part.pins.stuck;
             for (i, set) in part.pins.sets.iter().enumerate() {
                 let free = part.pins.free.contains(&(i as u32));
-                if free != (refs[i] == 0) || (!free && set.refs != refs[i]) {
-                    return Err(format!("{name}: pin set {i} has {} references, {} areas use it", set.refs, refs[i]));
+                let refs = users[i].len() as u32;
+                if free != (refs == 0) || (!free && set.refs != refs) {
+                    return Err(format!("{name}: pin set {i} has {} references, {refs} areas use it", set.refs));
+                }
+                users[i].sort_unstable();
+                let (mut union, mut end) = (0, 0);
+                for &(a, b) in &users[i] {
+                    union += b.saturating_sub(a.max(end));
+                    end = end.max(b);
+                }
+                if !free && union != set.live {
+                    return Err(format!("{name}: pin set {i} holds {} pages, its areas cover {union}", set.live));
                 }
                 if !free {
-                    pages += set.pages;
+                    pages += set.live;
                 }
             }
             if pages != part.pins.pinned {

@@ -98,11 +98,11 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         if size < info.min_size {
             return Err(Errno::EINVAL);
         }
-        if size > MAX_STRUCT_SIZE {
-            return Err(Errno::E2BIG);
-        }
         if size > info.size && !self.is_ram(p, gpa, u64::from(size)) {
             return Err(Errno::EFAULT);
+        }
+        if size > MAX_STRUCT_SIZE {
+            return Err(Errno::E2BIG);
         }
         let mut bytes = [0u8; 64];
         let known = size.min(info.size) as usize;
@@ -354,12 +354,12 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         let d = self.device_index(p, c.dev_id)?;
         let info = self.units()[self.devices()[d].unit].info().hw_info;
         let copy = (c.data_len as usize).min(info.len);
-        if c.data_len > MAX_STRUCT_SIZE {
-            return Err(Errno::EINVAL);
-        }
         if c.data_len > 0 {
             if c.data_gpa.checked_add(u64::from(c.data_len)).is_none() || !self.is_ram(p, c.data_gpa, u64::from(c.data_len)) {
                 return Err(Errno::EFAULT);
+            }
+            if c.data_len > MAX_STRUCT_SIZE {
+                return Err(Errno::EINVAL);
             }
             self.write_guest(p, c.data_gpa, &info.data[..copy])?;
             let zeros = [0u8; 256];

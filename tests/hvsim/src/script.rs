@@ -578,6 +578,10 @@ impl Sim {
         let (unit, rid) = (d.unit, d.rid);
         let m = self.hv.machine();
         let Ok(pieces) = m.units[unit].dma(rid, iova, len, write, m.mem) else {
+            // The fault interrupt: the platform drains the unit's records
+            // into the partitions' queues as they happen, so records from
+            // several units keep their order.
+            self.hv.poll_faults();
             return Ok(Reply { status: "fault".into(), fields: Vec::new() });
         };
         let mut buf = vec![0u8; len as usize];
