@@ -103,6 +103,18 @@ impl Bench {
         ns
     }
 
+    /// The same pairs calling the core's operations directly (no decoder,
+    /// no partition-memory access): the decoder's share of a pair.
+    fn pairs_direct(&mut self, n: u64) -> f64 {
+        let rw = sluice_kernel::pt::Perm::READ | sluice_kernel::pt::Perm::WRITE;
+        let t = Instant::now();
+        for _ in 0..n {
+            let iova = self.sim.hv.ioas_map(0, self.ioas, black_box(BUFFER), 4096, None, rw).expect("map");
+            self.sim.hv.ioas_unmap(0, self.ioas, black_box(iova), 4096).expect("unmap");
+        }
+        t.elapsed().as_nanos() as f64 / n as f64
+    }
+
     fn prefill(&mut self, areas: u64) {
         let have = self.sim.hv.partition(0).ioas(self.ioas).expect("ioas").area_count() as u64;
         for _ in have..areas {
@@ -134,6 +146,10 @@ fn main() {
         let fill_s = t.elapsed().as_secs_f64();
         let (best, median) = best_median((0..runs).map(|_| b.pairs(PAIRS)).collect());
         println!("{:<34} {:>12.1} {:>12.1}   (prefill {fill_s:.2} s)", format!("{areas} areas"), best, median);
+        if areas == 1_000 {
+            let (direct, direct_median) = best_median((0..runs).map(|_| b.pairs_direct(PAIRS)).collect());
+            println!("{:<34} {:>12.1} {:>12.1}", "  same, core calls without decoder", direct, direct_median);
+        }
         if areas == 1_000 {
             at_1e3 = Some(best);
         }
