@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use crate::abi::{Errno, FaultRecord, resv_type};
 use crate::hwpt::AnyTable;
 use crate::iommu::{Domain, Flush, Iommu, IommuError};
-use crate::iova::{AUTO_SPAN, Holes, Owner, Range, Reserved, auto_alignment};
+use crate::iova::{Holes, Owner, Range, Reserved, auto_alignment};
 use crate::memmap::{MemMapError, MemoryMap, RamRange};
 use crate::objects::ObjectTable;
 use crate::pt::{Gather, PAGE_SIZE, Perm, PtError, TableMemory};
@@ -334,17 +334,6 @@ impl Partition {
     #[must_use]
     pub fn ioas(&self, id: u32) -> Option<&Ioas> {
         self.ioas.get(&id)
-    }
-
-    /// Every object id, with what it is (`"ioas"`, `"hwpt"`, `"device"`).
-    pub fn objects(&self) -> impl Iterator<Item = (u32, &'static str)> + '_ {
-        self.objects.iter().map(|(id, k)| {
-            (id, match k {
-                Kind::Ioas => "ioas",
-                Kind::Hwpt => "hwpt",
-                Kind::Device(_) => "device",
-            })
-        })
     }
 
     /// Code passed to PARTITION_EXIT, once it was called.
@@ -1357,9 +1346,4 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         Some(Domain { tag: hw.tag, root: hw.table.root(), format: hw.table.format() })
     }
 
-    /// The spans the allocator searches (for reports).
-    #[must_use]
-    pub fn auto_span() -> Range {
-        AUTO_SPAN
-    }
 }

@@ -211,21 +211,20 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             0x87 => self.run(p, &frame, true, |hv, c: &mut OptionCmd| Ok(hv.cmd_option(p, c)?)),
             0x8A => self.run(p, &frame, true, |hv, c: &mut GetHwInfo| Ok(hv.cmd_hw_info(p, c)?)),
             0xC0 => self.run(p, &frame, true, |hv, c: &mut DeviceList| {
-                let part = hv.partition(p);
-                let mut list: Vec<DeviceInfo> = Vec::new();
-                for (id, kind) in part.objects() {
-                    if kind == "device" {
-                        let d = &hv.devices()[hv.device_index(p, id)?];
-                        list.push(DeviceInfo {
-                            dev_id: id,
-                            iommu_id: d.unit as u32,
-                            rid: d.rid,
-                            attached_pt: d.attached.unwrap_or(0),
-                            dma_bits: d.dma_bits,
-                            reserved: 0,
-                        });
-                    }
-                }
+                let mut list: Vec<DeviceInfo> = hv
+                    .devices()
+                    .iter()
+                    .filter(|d| d.partition == p)
+                    .map(|d| DeviceInfo {
+                        dev_id: d.id,
+                        iommu_id: d.unit as u32,
+                        rid: d.rid,
+                        attached_pt: d.attached.unwrap_or(0),
+                        dma_bits: d.dma_bits,
+                        reserved: 0,
+                    })
+                    .collect();
+                list.sort_unstable_by_key(|d| d.dev_id);
                 let max = c.num_devices as usize;
                 hv.write_array(p, c.devices, &list[..list.len().min(max)])?;
                 c.num_devices = list.len() as u32;
