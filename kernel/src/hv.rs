@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use crate::abi::{Errno, FaultRecord, resv_type};
 use crate::hwpt::AnyTable;
 use crate::iommu::{Domain, Flush, Iommu, IommuError};
-use crate::iova::{Holes, Owner, Range, Reserved, auto_alignment};
+use crate::iova::{Holes, Owner, Range, Reserved, auto_alignment, complement};
 use crate::memmap::{MemMapError, MemoryMap, RamRange};
 use crate::objects::ObjectTable;
 use crate::pt::{Gather, PAGE_SIZE, Perm, PtError, TableMemory};
@@ -172,7 +172,7 @@ impl Ioas {
     /// The ranges IOVA_RANGES reports.
     #[must_use]
     pub fn usable(&self) -> Vec<Range> {
-        self.reserved.usable()
+        complement(&self.merged)
     }
 
     /// The HWPTs (object ids) attached to this IOAS.
@@ -1153,17 +1153,18 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         }
     }
 
-    /// Take up to `max` fault records of partition `p` (after polling the
-    /// units), and the count of records lost since the last read.
+    /// Take up to `max` fault records queued for partition `p` (see
+    /// [`Self::pending_faults`], which polls the units first), and the
+    /// count of records lost since the last read.
     pub fn take_faults(&mut self, p: usize, max: usize) -> (Vec<FaultRecord>, u64) {
-        self.poll_faults();
         let part = &mut self.partitions[p];
         let n = max.min(part.faults.len());
         let records = part.faults.drain(..n).collect();
         (records, core::mem::take(&mut part.lost))
     }
 
-    /// Fault records waiting for partition `p`.
+    /// Poll the units, then count the fault records waiting for
+    /// partition `p`.
     pub fn pending_faults(&mut self, p: usize) -> usize {
         self.poll_faults();
         self.partitions[p].faults.len()

@@ -107,21 +107,27 @@ impl Reserved {
     /// within `[0, u64::MAX]`.
     #[must_use]
     pub fn usable(&self) -> Vec<Range> {
-        let mut out = Vec::new();
-        let mut next = Some(0u64);
-        for r in self.merged() {
-            if let Some(n) = next {
-                if r.start > n {
-                    out.push(Range { start: n, last: r.start - 1 });
-                }
-            }
-            next = r.last.checked_add(1);
-        }
-        if let Some(n) = next {
-            out.push(Range { start: n, last: u64::MAX });
-        }
-        out
+        complement(&self.merged())
     }
+}
+
+/// The complement within `[0, u64::MAX]` of sorted, merged ranges.
+#[must_use]
+pub fn complement(merged: &[Range]) -> Vec<Range> {
+    let mut out = Vec::new();
+    let mut next = Some(0u64);
+    for r in merged {
+        if let Some(n) = next {
+            if r.start > n {
+                out.push(Range { start: n, last: r.start - 1 });
+            }
+        }
+        next = r.last.checked_add(1);
+    }
+    if let Some(n) = next {
+        out.push(Range { start: n, last: u64::MAX });
+    }
+    out
 }
 
 /// The span the automatic allocator searches when no allowed list is set,

@@ -41,6 +41,27 @@ fn snapshot(sim: &Sim) -> String {
     s
 }
 
+/// Run `line` with the n-th table allocation failing, for n = 0, 1, ...
+/// until it succeeds. Each failure must be ENOMEM, change nothing, and
+/// pass `check`. Returns how many allocations failed.
+fn fail_each_allocation(sim: &mut Sim, line: &str, mut check: impl FnMut(&mut Sim)) -> u64 {
+    let mut n = 0;
+    loop {
+        let before = snapshot(sim);
+        let at = sim.hv.table_memory().allocations() + n;
+        sim.hv.table_memory_mut().fail_from(Some(at));
+        let r = run(sim, line);
+        sim.hv.table_memory_mut().fail_from(None);
+        if r.starts_with("ok") {
+            return n;
+        }
+        assert_eq!(r, "err ENOMEM", "allocation {n}");
+        assert_eq!(snapshot(sim), before, "{line} failing at allocation {n} changed state");
+        check(sim);
+        n += 1;
+    }
+}
+
 const TWO_UNITS: &[&str] = &[
     "iommu vtd0 kind=vtd aw=48",
     "iommu smmu0 kind=smmuv3 stage=2 ias=44",
@@ -58,22 +79,9 @@ fn map_is_atomic_at_every_table_allocation_failure() {
     assert!(run(&mut sim, "p ioas_map ioas_id=$i flags=read|write|fixed gpa=0x200000 length=0x200000 iova=0x40000000").starts_with("ok"));
     // A map that needs new tables in both HWPTs (two segments' worth of
     // levels each): fail the n-th table allocation for every n.
-    let mut n = 0;
-    loop {
-        let before = snapshot(&sim);
-        let at = sim.hv.table_memory().allocations() + n;
-        sim.hv.table_memory_mut().fail_from(Some(at));
-        let r = run(&mut sim, "p ioas_map ioas_id=$i flags=read|write|fixed gpa=0x1000 length=0x3000 iova=0xf0000001000");
-        sim.hv.table_memory_mut().fail_from(None);
-        if r.starts_with("ok") {
-            assert!(n >= 2, "the map needed new tables in both HWPTs");
-            break;
-        }
-        assert_eq!(r, "err ENOMEM", "allocation {n}");
-        assert_eq!(snapshot(&sim), before, "failed map at allocation {n} changed state");
-        assert_eq!(sim.invariants(), Ok(()));
-        n += 1;
-    }
+    let line = "p ioas_map ioas_id=$i flags=read|write|fixed gpa=0x1000 length=0x3000 iova=0xf0000001000";
+    let n = fail_each_allocation(&mut sim, line, |sim| assert_eq!(sim.invariants(), Ok(())));
+    assert!(n >= 2, "the map needed new tables in both HWPTs");
     assert_eq!(sim.invariants(), Ok(()));
     assert_eq!(run(&mut sim, "dma b write iova=0xf0000002000 len=4 data=aabbccdd"), "ok");
     assert_eq!(run(&mut sim, "mem p read gpa=0x2000 len=4"), "ok data=aabbccdd");
@@ -88,21 +96,9 @@ fn attach_is_atomic_at_every_table_allocation_failure() {
         let line = format!("p ioas_map ioas_id=$i flags=read|write|fixed gpa={:#x} length=0x1000 iova={:#x}", 0x1000 * (k + 1), (k + 1) << 31);
         assert!(run(&mut sim, &line).starts_with("ok"), "{line}");
     }
-    let mut n = 0;
-    loop {
-        let before = snapshot(&sim);
-        let at = sim.hv.table_memory().allocations() + n;
-        sim.hv.table_memory_mut().fail_from(Some(at));
-        let r = run(&mut sim, "p device_attach dev=b pt_id=$i");
-        sim.hv.table_memory_mut().fail_from(None);
-        if r.starts_with("ok") {
-            break;
-        }
-        assert_eq!(r, "err ENOMEM", "allocation {n}");
-        assert_eq!(snapshot(&sim), before, "failed attach at allocation {n} changed state");
-        assert_eq!(run(&mut sim, "dma b read iova=0x80000000 len=4"), "fault", "b stays blocked");
-        n += 1;
-    }
+    let n = fail_each_allocation(&mut sim, "p device_attach dev=b pt_id=$i", |sim| {
+        assert_eq!(run(sim, "dma b read iova=0x80000000 len=4"), "fault", "b stays blocked");
+    });
     assert!(n > 8, "filling the new HWPT allocated tables for every area");
     assert_eq!(sim.invariants(), Ok(()));
     assert_eq!(run(&mut sim, "dma b read iova=0x80000000 len=4"), "ok data=00000000");
