@@ -15,7 +15,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::abi::{Errno, FaultRecord, resv_type};
+use crate::abi::{Errno, FaultRecord, fault_reason, resv_type};
 use crate::hwpt::AnyTable;
 use crate::iommu::{Domain, Flush, Iommu, IommuError};
 use crate::iova::{Holes, Owner, Range, Reserved, auto_alignment, complement};
@@ -666,16 +666,25 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
     /// Move every fault the units recorded into the owning partitions'
     /// queues.
     pub fn poll_faults(&mut self) {
-        let Self { units, partitions, devices, by_rid, stray_faults, .. } = self;
+        let Self { units, partitions, devices, by_rid, stray_faults, mem, .. } = self;
         for (u, unit) in units.iter_mut().enumerate() {
             unit.drain_faults(&mut |f| match by_rid.get(&(u, f.rid)) {
                 Some(&d) => {
                     let dev = &devices[d];
                     let part = &mut partitions[dev.partition];
+                    // Some units (VT-d) report a missing leaf as a missing
+                    // permission: nothing mapped at the IOVA means NOT_PRESENT.
+                    let mut reason = f.reason;
+                    if matches!(reason, fault_reason::WRITE_TO_READ_ONLY | fault_reason::READ_FROM_WRITE_ONLY) {
+                        let mapped = dev.attached.and_then(|h| part.hwpts.get(&h)).is_some_and(|hw| hw.table.translate(&*mem, Iova(f.iova)).is_some());
+                        if !mapped {
+                            reason = fault_reason::NOT_PRESENT;
+                        }
+                    }
                     if part.faults.len() >= FAULT_QUEUE {
                         part.lost += 1;
                     } else {
-                        part.faults.push_back(FaultRecord { dev_id: dev.id, reason: f.reason, iova: f.iova, flags: f.flags, reserved: 0 });
+                        part.faults.push_back(FaultRecord { dev_id: dev.id, reason, iova: f.iova, flags: f.flags, reserved: 0 });
                     }
                 }
                 None => *stray_faults += 1,

@@ -27,5 +27,6 @@ pub mod iova;
 pub mod memmap;
 pub mod objects;
 pub mod pt;
+pub mod time;
 
 pub use addr::{Gpa, Hpa, Iova};
