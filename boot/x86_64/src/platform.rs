@@ -1,0 +1,183 @@
+//! Platform services for the kernel crate and the self-test: physical
+//! memory through the identity map, table pages from the frame allocator,
+//! and leaving QEMU.
+
+use sluice_kernel::Hpa;
+use sluice_kernel::hv::PhysMem;
+use sluice_kernel::pt::{TABLE_BYTES, Table, TableMemory};
+use x86_64::instructions::port::Port;
+
+use crate::{frames, paging};
+
+/// I/O port of QEMU's isa-debug-exit device (`iobase=0xf4,iosize=0x04`).
+pub const QEMU_EXIT_PORT: u16 = 0xf4;
+/// Written for success: QEMU exits with status (0x10 << 1) | 1 = 33.
+pub const QEMU_EXIT_SUCCESS: u32 = 0x10;
+/// Written for failure: QEMU exits with status (0x11 << 1) | 1 = 35.
+pub const QEMU_EXIT_FAILURE: u32 = 0x11;
+
+/// Leave QEMU through isa-debug-exit (status 33 on success, 35 on
+/// failure). Without that device (real hardware) the CPU halts for good.
+pub fn qemu_exit(success: bool) -> ! {
+    let code = if success { QEMU_EXIT_SUCCESS } else { QEMU_EXIT_FAILURE };
+    let mut port = Port::<u32>::new(QEMU_EXIT_PORT);
+    // SAFETY: port 0xf4 is QEMU's isa-debug-exit (or unused on the PC
+    // platform); writing to it has no other effect.
+    unsafe { port.write(code) };
+    halt_forever()
+}
+
+/// Disable interrupts and halt, forever.
+pub fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+/// The virtual address of physical address `pa`: the identity map.
+///
+/// Covers 0..4 GiB from boot on, RAM above 4 GiB once memory is set up, and
+/// whatever [`paging::map_identity`] added.
+#[inline]
+#[must_use]
+pub const fn phys_to_virt(pa: u64) -> *mut u8 {
+    pa as *mut u8
+}
+
+/// `len` bytes of physical memory at `pa`, read-only, through the identity
+/// map. Panics when part of the range is not mapped.
+///
+/// For firmware tables and loader structures, which nothing writes while the
+/// hypervisor runs.
+#[must_use]
+pub fn phys_bytes(pa: u64, len: usize) -> &'static [u8] {
+    assert!(paging::is_mapped(pa, len as u64), "physical range {pa:#x}+{len:#x} is not mapped");
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: the range is mapped (checked above) and, per this function's
+    // contract, holds firmware or loader data that no one writes while the
+    // returned slice lives. Bytes have no invalid values.
+    unsafe { core::slice::from_raw_parts(phys_to_virt(pa), len) }
+}
+
+/// Table pages for the page-table engine, from the frame allocator, seen
+/// through the identity map.
+#[derive(Debug, Default)]
+pub struct FrameTables {
+    in_use: usize,
+}
+
+impl FrameTables {
+    /// A table memory with nothing handed out yet.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { in_use: 0 }
+    }
+
+    /// Table pages currently handed out by this memory.
+    #[must_use]
+    pub fn in_use(&self) -> usize {
+        self.in_use
+    }
+}
+
+impl TableMemory for FrameTables {
+    fn alloc_table(&mut self) -> Option<Hpa> {
+        let pa = frames::alloc_zeroed(1)?;
+        self.in_use += 1;
+        Some(Hpa(pa))
+    }
+
+    fn free_table(&mut self, table: Hpa) {
+        assert!(table.is_aligned(TABLE_BYTES), "table {table:#x} is not page aligned");
+        self.in_use -= 1;
+        frames::free(table.raw(), 1);
+    }
+
+    fn table(&self, table: Hpa) -> &Table {
+        assert!(table.is_aligned(TABLE_BYTES), "table {table:#x} is not page aligned");
+        debug_assert!(paging::is_mapped(table.raw(), TABLE_BYTES));
+        let ptr = phys_to_virt(table.raw()).cast::<Table>();
+        // SAFETY: `table` is a 4 KiB-aligned frame this memory allocated
+        // (the engine only asks for its own tables), mapped RAM, and
+        // `Table` is an array of atomics: shared references may coexist with
+        // the IOMMU and other CPUs writing it.
+        unsafe { &*ptr }
+    }
+}
+
+/// Host-physical memory (partition RAM) read and written through the
+/// identity map.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdentityRam;
+
+impl PhysMem for IdentityRam {
+    fn read(&self, hpa: Hpa, buf: &mut [u8]) {
+        assert!(paging::is_mapped(hpa.raw(), buf.len() as u64), "read of unmapped {hpa:#x}+{:#x}", buf.len());
+        let src = phys_to_virt(hpa.raw()).cast_const();
+        // SAFETY: the source range is mapped RAM (checked above) and cannot
+        // overlap `buf`, which the caller owns exclusively; a concurrent
+        // writer (a device) at worst yields stale bytes, which any u8 is.
+        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+    }
+
+    fn write(&mut self, hpa: Hpa, data: &[u8]) {
+        assert!(paging::is_mapped(hpa.raw(), data.len() as u64), "write of unmapped {hpa:#x}+{:#x}", data.len());
+        let dst = phys_to_virt(hpa.raw());
+        // SAFETY: the destination is mapped partition RAM (checked above),
+        // which the hypervisor never holds references into, so it cannot
+        // overlap `data` or alias a live Rust object.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+    }
+}
+
+/// A quick check of the services above on this machine: a table page from
+/// [`FrameTables`] is zeroed and reads back through [`IdentityRam`], and the
+/// [`Tsc`](crate::tsc::Tsc) clock advances across a 1 ms delay; the first
+/// and last word of every free RAM range read back what was written.
+pub fn smoke_check(boot: &crate::bootinfo::BootInfo) -> Result<(), &'static str> {
+    use core::sync::atomic::Ordering;
+    use sluice_kernel::time::Clock;
+
+    use crate::tsc::Tsc;
+
+    let mut tables = FrameTables::new();
+    let t = tables.alloc_table().ok_or("no frame for a table page")?;
+    if tables.table(t).iter().any(|e| e.load(Ordering::Relaxed) != 0) {
+        return Err("table page is not zeroed");
+    }
+    tables.table(t)[7].store(0x1234_5678_9abc_def0, Ordering::Relaxed);
+    let mut ram = IdentityRam;
+    let mut word = [0u8; 8];
+    ram.read(Hpa(t.raw() + 7 * 8), &mut word);
+    if u64::from_le_bytes(word) != 0x1234_5678_9abc_def0 {
+        return Err("IdentityRam does not see a table write");
+    }
+    ram.write(Hpa(t.raw() + 7 * 8), &[0; 8]);
+    if tables.table(t)[7].load(Ordering::Relaxed) != 0 || tables.in_use() != 1 {
+        return Err("table page does not see an IdentityRam write");
+    }
+    tables.free_table(t);
+
+    for &(base, len) in &boot.free_ram {
+        for at in [base, base + len - 8] {
+            let pattern = at ^ 0x5a5a_5a5a_5a5a_5a5a;
+            ram.write(Hpa(at), &pattern.to_le_bytes());
+            ram.read(Hpa(at), &mut word);
+            if u64::from_le_bytes(word) != pattern {
+                return Err("free RAM does not read back what was written");
+            }
+        }
+    }
+
+    let before = Tsc.now_us();
+    Tsc::delay_us(1000);
+    let elapsed = Tsc.now_us().wrapping_sub(before);
+    if !(1000..1_000_000).contains(&elapsed) {
+        return Err("TSC clock does not advance sensibly across a 1 ms delay");
+    }
+    log::info!("platform: frame tables, identity RAM and TSC clock work ({} us for a 1 ms delay)", elapsed);
+    Ok(())
+}
