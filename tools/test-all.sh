@@ -7,7 +7,10 @@
 #   5. all host tests (unit, bit-exact, spec-walker, model-based property tests);
 #   6. the hvsim conformance scripts (shared/conformance, copied into
 #      tests/conformance/shared, and Sluice's own in tests/conformance);
-#   7. compiles the benchmarks (they are run by hand: `cargo bench`, see README).
+#   7. compiles the benchmarks (they are run by hand: `cargo bench`, see README);
+#   8. boots the hypervisor in QEMU: the x86_64 VT-d self-test in three
+#      intel-iommu configurations, checked against QEMU's own trace
+#      (tests/qemu/x86_64-selftest.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,8 +34,13 @@ done
 
 step "clippy"
 cargo clippy --locked -q --workspace --all-targets -- -D warnings
-cargo clippy --locked -q -p sluice-kernel --target aarch64-unknown-none -- -D warnings
+cargo clippy --locked -q -p sluice-kernel -p sluice-vtd -p sluice-acpi -p sluice-pci --target aarch64-unknown-none -- -D warnings
+cargo clippy --locked -q -p sluice-x86_64 --target x86_64-unknown-none -- -D warnings
 echo "ok"
+
+step "hypervisor images"
+cargo build --locked -q -p sluice-x86_64 --target x86_64-unknown-none --release
+echo "ok: target/x86_64-unknown-none/release/sluice-x86_64"
 
 step "host tests"
 status=0
@@ -64,9 +72,19 @@ if [ "$conf_status" -ne 0 ]; then status=1; fi
 step "benchmarks compile"
 cargo bench --locked -q --workspace --no-run 2>&1 | grep -v '^\s*Executable' || true
 
+step "QEMU: x86_64 VT-d self-test"
+qemu_status=0
+tests/qemu/x86_64-selftest.sh target/x86_64-unknown-none/release/sluice-x86_64 2>&1 | tee target/qemu-x86_64.log | grep -E '^(ok|FAIL|--|   )' || true
+grep -q '^qemu x86_64 checks: .* 0 failed' target/qemu-x86_64.log || qemu_status=1
+read -r qemu_passed qemu_failed < <(sed -n 's/^qemu x86_64 checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p' target/qemu-x86_64.log | tail -1)
+qemu_passed=${qemu_passed:-0}
+qemu_failed=${qemu_failed:-1}
+if [ "$qemu_status" -ne 0 ]; then status=1; fi
+
 echo
 echo "conformance expectations: ${conf_passed} passed, ${conf_failed} failed"
-passed=$((passed + conf_passed))
-failed=$((failed + conf_failed))
+echo "QEMU checks: ${qemu_passed} passed, ${qemu_failed} failed"
+passed=$((passed + conf_passed + qemu_passed))
+failed=$((failed + conf_failed + qemu_failed))
 echo "tests: ${passed} passed, ${failed} failed"
 exit "$status"
