@@ -5,6 +5,8 @@
 use sluice_kernel::Hpa;
 use sluice_kernel::hv::PhysMem;
 use sluice_kernel::pt::{TABLE_BYTES, Table, TableMemory};
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use x86_64::instructions::port::Port;
 
 use crate::{frames, paging};
@@ -62,6 +64,31 @@ pub fn phys_bytes(pa: u64, len: usize) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(phys_to_virt(pa), len) }
 }
 
+/// Whether some IOMMU walks tables without snooping CPU caches (VT-d
+/// ECAP.C = 0): then every table write is flushed to memory with CLFLUSH.
+static NONCOHERENT_WALKS: AtomicBool = AtomicBool::new(false);
+
+/// Say whether some IOMMU unit's page walks do not snoop CPU caches: `true`
+/// while units are probed (their first tables are written before their
+/// capabilities are known), then whether any probed unit lacks ECAP.C.
+pub fn set_noncoherent_walks(on: bool) {
+    NONCOHERENT_WALKS.store(on, Ordering::SeqCst);
+}
+
+/// Write back and invalidate the cache lines of `[pa, pa + len)`.
+fn flush_lines(pa: u64, len: u64) {
+    let mut line = pa & !63;
+    while line < pa + len {
+        // SAFETY: CLFLUSH of a mapped address (table pages are RAM in the
+        // identity map) has no effect beyond the cache.
+        unsafe { core::arch::x86_64::_mm_clflush(phys_to_virt(line)) };
+        line += 64;
+    }
+    // SAFETY: a fence instruction orders the flushes before later stores
+    // (the MMIO write that tells the unit to look).
+    unsafe { core::arch::x86_64::_mm_mfence() };
+}
+
 /// Table pages for the page-table engine, from the frame allocator, seen
 /// through the identity map.
 #[derive(Debug, Default)]
@@ -87,7 +114,16 @@ impl TableMemory for FrameTables {
     fn alloc_table(&mut self) -> Option<Hpa> {
         let pa = frames::alloc_zeroed(1)?;
         self.in_use += 1;
+        if NONCOHERENT_WALKS.load(Ordering::Relaxed) {
+            flush_lines(pa, TABLE_BYTES);
+        }
         Some(Hpa(pa))
+    }
+
+    fn sync_entries(&self, table: Hpa, first: usize, count: usize) {
+        if NONCOHERENT_WALKS.load(Ordering::Relaxed) && count > 0 {
+            flush_lines(table.raw() + 8 * first as u64, 8 * count as u64);
+        }
     }
 
     fn free_table(&mut self, table: Hpa) {

@@ -113,6 +113,10 @@ pub fn run(boot: &BootInfo) -> Result<(), String> {
 
     // One VT-d unit per DRHD.
     let mut units = Vec::new();
+    // Until every unit is probed, assume the worst: a unit's root table is
+    // written before its capabilities are known. Afterwards, flush table
+    // writes only if some unit's walks do not snoop (ECAP.C = 0).
+    crate::platform::set_noncoherent_walks(true);
     for (i, drhd) in dmar.drhds.iter().enumerate() {
         paging::map_identity(drhd.register_base, drhd.register_size(), Cache::Mmio).map_err(|e| format!("map DRHD: {e:?}"))?;
         // SAFETY: the DMAR names this page as a remapping unit's register
@@ -136,6 +140,9 @@ pub fn run(boot: &BootInfo) -> Result<(), String> {
         units.push(unit);
     }
     check("translation enabled on every unit", !units.is_empty())?;
+    let noncoherent = units.iter().any(|u| !u.caps().coherent);
+    crate::platform::set_noncoherent_walks(noncoherent);
+    println!("selftest: table writes flushed with CLFLUSH: {noncoherent} (ECAP.C)");
 
     let mut hv: Hv = Hypervisor::new(units, FrameTables::new(), IdentityRam);
     let mut parts = Vec::new();
