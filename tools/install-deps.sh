@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test Sluice:
-#   - the bare-metal Rust targets (x86_64-unknown-none, aarch64-unknown-none);
+#   - the bare-metal Rust targets (x86_64-unknown-none, aarch64-unknown-none)
+#     and the llvm-tools component (llvm-objcopy, for the arm64 Image);
 #   - with --qemu: QEMU >= 8.2 (SMMUv3 stage 2, intel-iommu) from Debian
 #     bookworm-backports, as shared/design/QEMU.md describes.
 # Safe to run again: it only installs what is missing.
@@ -22,6 +23,14 @@ done
 if ((${#need_targets[@]})); then
   echo "install-deps: adding Rust targets ${need_targets[*]}"
   rustup target add "${need_targets[@]}"
+fi
+
+# llvm-objcopy turns the aarch64 ELF into a raw arm64 Image (U-Boot's booti
+# form); the toolchain's own copy comes with the llvm-tools component.
+host=$(rustc -vV | sed -n 's/^host: //p')
+if [ ! -x "$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-objcopy" ]; then
+  echo "install-deps: adding the llvm-tools component (llvm-objcopy)"
+  rustup component add llvm-tools
 fi
 
 qemu_ok() {

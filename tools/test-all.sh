@@ -10,7 +10,8 @@
 #   7. compiles the benchmarks (they are run by hand: `cargo bench`, see README);
 #   8. boots the hypervisor in QEMU: the x86_64 VT-d self-test in three
 #      intel-iommu configurations, checked against QEMU's own trace
-#      (tests/qemu/x86_64-selftest.sh).
+#      (tests/qemu/x86_64-selftest.sh), and the aarch64 image at EL2 as ELF
+#      and as arm64 Image (tests/qemu/aarch64-boot.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,7 @@ step "clippy"
 cargo clippy --locked -q --workspace --all-targets -- -D warnings
 cargo clippy --locked -q -p sluice-kernel -p sluice-vtd -p sluice-acpi -p sluice-pci --target aarch64-unknown-none -- -D warnings
 cargo clippy --locked -q -p sluice-x86_64 --target x86_64-unknown-none -- -D warnings
+cargo clippy --locked -q -p sluice-aarch64 -p sluice-boot --target aarch64-unknown-none -- -D warnings
 echo "ok"
 
 step "hypervisor images"
@@ -79,6 +81,13 @@ grep -q '^qemu x86_64 checks: .* 0 failed' target/qemu-x86_64.log || qemu_status
 read -r qemu_passed qemu_failed < <(sed -n 's/^qemu x86_64 checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p' target/qemu-x86_64.log | tail -1)
 qemu_passed=${qemu_passed:-0}
 qemu_failed=${qemu_failed:-1}
+
+step "QEMU: aarch64 boot at EL2 (ELF and arm64 Image)"
+tests/qemu/aarch64-boot.sh 2>&1 | tee target/qemu-aarch64.log | grep -E '^(ok|FAIL|--)' || true
+grep -q '^qemu aarch64 checks: .* 0 failed' target/qemu-aarch64.log || qemu_status=1
+read -r a_passed a_failed < <(sed -n 's/^qemu aarch64 checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p' target/qemu-aarch64.log | tail -1)
+qemu_passed=$((qemu_passed + ${a_passed:-0}))
+qemu_failed=$((qemu_failed + ${a_failed:-1}))
 if [ "$qemu_status" -ne 0 ]; then status=1; fi
 
 echo

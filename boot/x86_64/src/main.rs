@@ -32,9 +32,9 @@ mod entry;
 #[cfg(target_os = "none")]
 mod exceptions;
 #[cfg(target_os = "none")]
-mod frames;
+use sluice_boot::frames;
 #[cfg(target_os = "none")]
-mod heap;
+use sluice_boot::heap;
 #[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]

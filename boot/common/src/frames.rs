@@ -1,5 +1,6 @@
-//! Physical 4 KiB frames: a buddy allocator over usable RAM (RAM minus the
-//! low 1 MiB, the image and the loader's structures).
+//! Physical 4 KiB frames: a buddy allocator over the usable RAM each
+//! architecture's memory setup hands it (RAM minus the image, the loader's
+//! or firmware's structures, and on x86_64 the low 1 MiB).
 //!
 //! Blocks are powers of two: `alloc(n)` hands out `n.next_power_of_two()`
 //! frames aligned to that size, and `free` must get the same `n` back.
@@ -56,7 +57,7 @@ pub fn alloc_zeroed(count: usize) -> Option<u64> {
     // SAFETY: the frames were just handed out to us alone, lie in the
     // identity map (only mapped RAM is given to the allocator), and are
     // `bytes` long.
-    unsafe { core::ptr::write_bytes(crate::platform::phys_to_virt(pa), 0, bytes) };
+    unsafe { core::ptr::write_bytes(crate::phys_to_virt(pa), 0, bytes) };
     Some(pa)
 }
 

@@ -35,8 +35,8 @@ unsafe impl GlobalAlloc for KernelHeap {
             Err(()) => {
                 // The default error handler panics next; say why first.
                 let (used, total) = stats();
-                eprintln!(
-                    "sluice: heap exhausted: {} bytes (align {}) requested, {used} of {total} bytes in use",
+                log::error!(
+                    "heap exhausted: {} bytes (align {}) requested, {used} of {total} bytes in use",
                     layout.size(),
                     layout.align()
                 );
@@ -68,7 +68,7 @@ pub fn grow(bytes: usize) -> Option<(u64, u64)> {
     let frames = bytes.div_ceil(frames::FRAME_BYTES as usize).next_power_of_two();
     let pa = frames::alloc(frames)?;
     let len = frames as u64 * frames::FRAME_BYTES;
-    let start = crate::platform::phys_to_virt(pa) as usize;
+    let start = crate::phys_to_virt(pa) as usize;
     // SAFETY: the frames were just allocated for the heap alone, are mapped
     // RAM, and are never given back to the frame allocator.
     unsafe { HEAP.0.lock().add_to_heap(start, start + len as usize) };

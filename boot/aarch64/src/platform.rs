@@ -1,0 +1,239 @@
+//! Platform services for the kernel crate and the self-test: physical
+//! memory through the identity map, table pages from the frame allocator,
+//! and leaving QEMU (semihosting, else PSCI SYSTEM_OFF).
+
+use core::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
+
+use sluice_kernel::Hpa;
+use sluice_kernel::hv::PhysMem;
+use sluice_kernel::pt::{TABLE_BYTES, Table, TableMemory};
+
+use crate::dt::PsciConduit;
+use crate::{exceptions, frames, paging};
+
+/// Semihosting operation SYS_EXIT.
+pub const SYS_EXIT: u64 = 0x18;
+/// SYS_EXIT reason ADP_Stopped_ApplicationExit: QEMU exits with the
+/// subcode as its status.
+pub const ADP_STOPPED_APPLICATION_EXIT: u64 = 0x2_0026;
+/// PSCI 0.2 SYSTEM_OFF function id.
+pub const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
+
+/// PSCI conduit from the device tree: 0 none, 1 SMC, 2 HVC.
+static PSCI: AtomicU8 = AtomicU8::new(0);
+
+/// Remember how PSCI is called (from the device tree).
+pub fn set_psci(conduit: Option<PsciConduit>) {
+    let v = match conduit {
+        None => 0,
+        Some(PsciConduit::Smc) => 1,
+        Some(PsciConduit::Hvc) => 2,
+    };
+    PSCI.store(v, AtomicOrdering::Relaxed);
+}
+
+/// Semihosting SYS_EXIT with ADP_Stopped_ApplicationExit and `code`
+/// (AArch64: x1 points at the `{reason, subcode}` block). Returns only when
+/// semihosting is not available (the `hlt` was UNDEFINED and skipped).
+pub fn semihosting_exit(code: u64) {
+    let block = [ADP_STOPPED_APPLICATION_EXIT, code];
+    exceptions::probe(|| {
+        // SAFETY: `hlt #0xf000` is the AArch64 semihosting call; with QEMU's
+        // -semihosting, SYS_EXIT ends the emulation. Without it the
+        // instruction is UNDEFINED and `probe` skips it. It reads only the
+        // two-word block x1 points to.
+        unsafe {
+            core::arch::asm!("hlt #0xf000", inout("x0") SYS_EXIT => _, in("x1") block.as_ptr(), options(nostack, readonly))
+        };
+    });
+}
+
+/// Leave QEMU: semihosting SYS_EXIT (QEMU status 0 on success, 1 on
+/// failure; needs `-semihosting`), else PSCI SYSTEM_OFF over SMC (status 0
+/// either way), else stop the CPU for good.
+pub fn exit(success: bool) -> ! {
+    semihosting_exit(u64::from(!success));
+    if PSCI.load(AtomicOrdering::Relaxed) == 1 {
+        exceptions::probe(|| {
+            // SAFETY: PSCI SYSTEM_OFF over SMC (QEMU virt with
+            // virtualization=on emulates PSCI at the SMC conduit); it does
+            // not return when it works, and touches no memory of ours.
+            unsafe { core::arch::asm!("smc #0", inout("x0") PSCI_SYSTEM_OFF => _, options(nostack, nomem)) };
+        });
+    }
+    halt_forever()
+}
+
+/// Mask interrupts and wait, forever.
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: masking DAIF and waiting have no memory effects.
+        unsafe { core::arch::asm!("msr daifset, #0xf", "wfi", options(nomem, nostack)) };
+    }
+}
+
+/// The virtual address of physical address `pa`: the identity map.
+///
+/// Covers RAM (Normal) and 0..1 TiB (Device) once `paging::init` ran, and
+/// whatever [`paging::map_identity`] added.
+#[inline]
+#[must_use]
+pub const fn phys_to_virt(pa: u64) -> *mut u8 {
+    pa as *mut u8
+}
+
+/// `len` bytes of physical memory at `pa`, read-only, through the identity
+/// map. Panics when part of the range is not mapped.
+///
+/// For firmware tables and loader structures, which nothing writes while the
+/// hypervisor runs.
+#[must_use]
+pub fn phys_bytes(pa: u64, len: usize) -> &'static [u8] {
+    assert!(paging::is_mapped(pa, len as u64), "physical range {pa:#x}+{len:#x} is not mapped");
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: the range is mapped (checked above) and, per this function's
+    // contract, holds firmware or loader data that no one writes while the
+    // returned slice lives. Bytes have no invalid values.
+    unsafe { core::slice::from_raw_parts(phys_to_virt(pa), len) }
+}
+
+/// Table pages for the page-table engine, from the frame allocator, seen
+/// through the identity map.
+#[derive(Debug, Default)]
+pub struct FrameTables {
+    in_use: usize,
+}
+
+impl FrameTables {
+    /// A table memory with nothing handed out yet.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { in_use: 0 }
+    }
+
+    /// Table pages currently handed out by this memory.
+    #[must_use]
+    pub fn in_use(&self) -> usize {
+        self.in_use
+    }
+}
+
+impl TableMemory for FrameTables {
+    fn alloc_table(&mut self) -> Option<Hpa> {
+        let pa = frames::alloc_zeroed(1)?;
+        self.in_use += 1;
+        Some(Hpa(pa))
+    }
+
+    fn free_table(&mut self, table: Hpa) {
+        assert!(table.is_aligned(TABLE_BYTES), "table {table:#x} is not page aligned");
+        self.in_use -= 1;
+        frames::free(table.raw(), 1);
+    }
+
+    fn table(&self, table: Hpa) -> &Table {
+        assert!(table.is_aligned(TABLE_BYTES), "table {table:#x} is not page aligned");
+        debug_assert!(paging::is_mapped(table.raw(), TABLE_BYTES));
+        let ptr = phys_to_virt(table.raw()).cast::<Table>();
+        // SAFETY: `table` is a 4 KiB-aligned frame this memory allocated
+        // (the engine only asks for its own tables), mapped RAM, and
+        // `Table` is an array of atomics: shared references may coexist with
+        // the IOMMU and other CPUs writing it.
+        unsafe { &*ptr }
+    }
+}
+
+/// Host-physical memory (partition RAM) read and written through the
+/// identity map.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdentityRam;
+
+impl PhysMem for IdentityRam {
+    fn read(&self, hpa: Hpa, buf: &mut [u8]) {
+        assert!(paging::is_mapped(hpa.raw(), buf.len() as u64), "read of unmapped {hpa:#x}+{:#x}", buf.len());
+        let src = phys_to_virt(hpa.raw()).cast_const();
+        // SAFETY: the source range is mapped RAM (checked above) and cannot
+        // overlap `buf`, which the caller owns exclusively; a concurrent
+        // writer (a device) at worst yields stale bytes, which any u8 is.
+        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+    }
+
+    fn write(&mut self, hpa: Hpa, data: &[u8]) {
+        assert!(paging::is_mapped(hpa.raw(), data.len() as u64), "write of unmapped {hpa:#x}+{:#x}", data.len());
+        let dst = phys_to_virt(hpa.raw());
+        // SAFETY: the destination is mapped partition RAM (checked above),
+        // which the hypervisor never holds references into, so it cannot
+        // overlap `data` or alias a live Rust object.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+    }
+}
+
+/// A quick check of the services above on this machine: a table page from
+/// [`FrameTables`] is zeroed and reads back through [`IdentityRam`], and the
+/// [`GenericTimer`](crate::timer::GenericTimer) clock advances across a
+/// 1 ms delay; the first and last word of every free RAM range read back
+/// what was written; the DTB reads through [`phys_bytes`]; and
+/// [`paging::map_identity`] keeps existing mappings, adds one above the
+/// Device map and refuses addresses past 48 bits.
+pub fn smoke_check(boot: &crate::bootinfo::BootInfo) -> Result<(), &'static str> {
+    use core::sync::atomic::Ordering;
+    use sluice_kernel::time::Clock;
+
+    use crate::timer::GenericTimer;
+
+    let mut tables = FrameTables::new();
+    let t = tables.alloc_table().ok_or("no frame for a table page")?;
+    if tables.table(t).iter().any(|e| e.load(Ordering::Relaxed) != 0) {
+        return Err("table page is not zeroed");
+    }
+    tables.table(t)[7].store(0x1234_5678_9abc_def0, Ordering::Relaxed);
+    let mut ram = IdentityRam;
+    let mut word = [0u8; 8];
+    ram.read(Hpa(t.raw() + 7 * 8), &mut word);
+    if u64::from_le_bytes(word) != 0x1234_5678_9abc_def0 {
+        return Err("IdentityRam does not see a table write");
+    }
+    ram.write(Hpa(t.raw() + 7 * 8), &[0; 8]);
+    if tables.table(t)[7].load(Ordering::Relaxed) != 0 || tables.in_use() != 1 {
+        return Err("table page does not see an IdentityRam write");
+    }
+    tables.free_table(t);
+
+    for &(base, len) in &boot.free_ram {
+        for at in [base, base + len - 8] {
+            let pattern = at ^ 0x5a5a_5a5a_5a5a_5a5a;
+            ram.write(Hpa(at), &pattern.to_le_bytes());
+            ram.read(Hpa(at), &mut word);
+            if u64::from_le_bytes(word) != pattern {
+                return Err("free RAM does not read back what was written");
+            }
+        }
+    }
+
+    // The DTB through `phys_bytes`; mappings: an already mapped RAM page
+    // stays as it is, a page above the Device map (1 TiB) gets mapped, and
+    // past the 48-bit VA space is refused.
+    if phys_bytes(boot.dtb_pa, 4) != [0xd0, 0x0d, 0xfe, 0xed] {
+        return Err("the DTB does not read back through phys_bytes");
+    }
+    let (ram, _) = boot.free_ram[0];
+    paging::map_identity(ram, 4096, paging::Cache::Mmio).map_err(|_| "map_identity fails on mapped RAM")?;
+    let probe = paging::DEVICE_MAP_END + (1 << 30);
+    if paging::is_mapped(probe, 4096) || paging::map_identity(probe, 4096, paging::Cache::Mmio).is_err() || !paging::is_mapped(probe, 4096) {
+        return Err("map_identity does not map a page above the Device map");
+    }
+    if paging::map_identity(1 << 48, 4096, paging::Cache::Mmio) != Err(paging::MapError::OutOfRange) {
+        return Err("map_identity accepts an address past 48 bits");
+    }
+
+    let before = GenericTimer.now_us();
+    GenericTimer::delay_us(1000);
+    let elapsed = GenericTimer.now_us().wrapping_sub(before);
+    if !(1000..1_000_000).contains(&elapsed) {
+        return Err("generic timer does not advance sensibly across a 1 ms delay");
+    }
+    log::info!("platform: frame tables, identity RAM and generic timer work ({} us for a 1 ms delay)", elapsed);
+    Ok(())
+}
