@@ -41,7 +41,7 @@ for form in elf image; do
   [ "$form" = image ] && kernel=$image
   boot "$form" "$kernel"
   s="$out/$form.serial"
-  if [ "$status" -eq 0 ] && grep -q 'aarch64, EL2' "$s" && grep -q 'self-test passed' "$s"; then
+  if [ "$status" -eq 0 ] && grep -q 'aarch64, EL2' "$s" && grep -q 'platform checks passed' "$s"; then
     ok "$form: booted at EL2 and exited 0"
   else
     bad "$form: status $status"; tail -n 20 "$s"

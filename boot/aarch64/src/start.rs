@@ -86,7 +86,7 @@ extern "C" fn kmain(x0: u64) -> ! {
     println!("sluice: {} us since reset (generic timer)", timer::GenericTimer.now_us());
     match result {
         Ok(()) => {
-            println!("sluice: self-test passed");
+            println!("sluice: platform checks passed; no SMMUv3 self-test yet (issue #5)");
             exit(true)
         }
         Err(e) => {
