@@ -1,6 +1,7 @@
 //! What the loader handed over: the device tree (command line, RAM,
 //! reservations, devices), in owned form.
 
+use sluice_boot::cmdline_option;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -44,17 +45,6 @@ impl BootInfo {
     pub fn option(&self, key: &str) -> Option<&str> {
         cmdline_option(&self.cmdline, key)
     }
-}
-
-/// The value of `key=value` in `cmdline` (the last one wins); `Some("")`
-/// for a bare `key`.
-#[must_use]
-pub fn cmdline_option<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_ascii_whitespace().rev().find_map(|word| match word.split_once('=') {
-        Some((k, v)) if k == key => Some(v),
-        None if word == key => Some(""),
-        _ => None,
-    })
 }
 
 /// A fixed-capacity list (no heap yet when the device tree is first read).

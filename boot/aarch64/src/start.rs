@@ -4,7 +4,8 @@
 use aarch64_cpu::registers::{ID_AA64MMFR0_EL1, MIDR_EL1, Readable, SCTLR_EL2};
 use sluice_kernel::time::Clock;
 
-use crate::bootinfo::{BootInfo, DtbSource, cmdline_option};
+use crate::bootinfo::{BootInfo, DtbSource};
+use sluice_boot::cmdline_option;
 use crate::dt::{Devices, PciSpace, RawDt};
 use crate::entry::QEMU_VIRT_RAM_BASE;
 use crate::platform::exit;

@@ -9,6 +9,17 @@
 pub mod frames;
 pub mod heap;
 
+/// The value of `key=value` in `cmdline` (the last one wins); `Some("")`
+/// for a bare `key`.
+#[must_use]
+pub fn cmdline_option<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline.split_ascii_whitespace().rev().find_map(|word| match word.split_once('=') {
+        Some((k, v)) if k == key => Some(v),
+        None if word == key => Some(""),
+        _ => None,
+    })
+}
+
 /// The virtual address of physical address `pa`: both boot crates map
 /// memory 1:1.
 #[inline]

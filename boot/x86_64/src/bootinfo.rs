@@ -5,6 +5,7 @@
 //! exists and keeps fixed-size arrays; [`BootInfo`] is the owned, allocated
 //! form handed to the rest of the hypervisor.
 
+use sluice_boot::cmdline_option;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -83,17 +84,6 @@ impl BootInfo {
     pub fn option(&self, key: &str) -> Option<&str> {
         cmdline_option(&self.cmdline, key)
     }
-}
-
-/// The value of `key=value` in `cmdline` (the last one wins); `Some("")`
-/// for a bare `key`.
-#[must_use]
-pub fn cmdline_option<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline.split_ascii_whitespace().rev().find_map(|word| match word.split_once('=') {
-        Some((k, v)) if k == key => Some(v),
-        None if word == key => Some(""),
-        _ => None,
-    })
 }
 
 /// A fixed-capacity list (no heap yet when the boot info is read).

@@ -3,7 +3,8 @@
 
 use sluice_kernel::time::Clock;
 
-use crate::bootinfo::{BootInfo, RawBoot, cmdline_option};
+use crate::bootinfo::{BootInfo, RawBoot};
+use sluice_boot::cmdline_option;
 use crate::platform::qemu_exit;
 use crate::{console, cpu, exceptions, frames, heap, memory, paging, platform, selftest, tsc};
 
