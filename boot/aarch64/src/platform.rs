@@ -4,12 +4,13 @@
 
 use core::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 
+use sluice_boot::IdentityMap;
 use sluice_kernel::Hpa;
 use sluice_kernel::hv::PhysMem;
-use sluice_kernel::pt::{TABLE_BYTES, Table, TableMemory};
+use sluice_kernel::pt::TableMemory;
 
 use crate::dt::PsciConduit;
-use crate::{exceptions, frames, paging};
+use crate::{exceptions, paging};
 
 /// Semihosting operation SYS_EXIT.
 pub const SYS_EXIT: u64 = 0x18;
@@ -99,76 +100,22 @@ pub fn phys_bytes(pa: u64, len: usize) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(phys_to_virt(pa), len) }
 }
 
-/// Table pages for the page-table engine, from the frame allocator, seen
-/// through the identity map.
-#[derive(Debug, Default)]
-pub struct FrameTables {
-    in_use: usize,
-}
+/// The aarch64 identity map for the shared memory views. The SMMU on
+/// QEMU virt is coherent; cache maintenance for non-coherent ones comes
+/// with the SMMUv3 self-test (issue #5).
+#[derive(Debug)]
+pub struct Aarch64;
 
-impl FrameTables {
-    /// A table memory with nothing handed out yet.
-    #[must_use]
-    pub const fn new() -> Self {
-        Self { in_use: 0 }
-    }
-
-    /// Table pages currently handed out by this memory.
-    #[must_use]
-    pub fn in_use(&self) -> usize {
-        self.in_use
+impl IdentityMap for Aarch64 {
+    fn is_mapped(pa: u64, len: u64) -> bool {
+        paging::is_mapped(pa, len)
     }
 }
 
-impl TableMemory for FrameTables {
-    fn alloc_table(&mut self) -> Option<Hpa> {
-        let pa = frames::alloc_zeroed(1)?;
-        self.in_use += 1;
-        Some(Hpa(pa))
-    }
-
-    fn free_table(&mut self, table: Hpa) {
-        assert!(table.is_aligned(TABLE_BYTES), "table {table:#x} is not page aligned");
-        self.in_use -= 1;
-        frames::free(table.raw(), 1);
-    }
-
-    fn table(&self, table: Hpa) -> &Table {
-        assert!(table.is_aligned(TABLE_BYTES), "table {table:#x} is not page aligned");
-        debug_assert!(paging::is_mapped(table.raw(), TABLE_BYTES));
-        let ptr = phys_to_virt(table.raw()).cast::<Table>();
-        // SAFETY: `table` is a 4 KiB-aligned frame this memory allocated
-        // (the engine only asks for its own tables), mapped RAM, and
-        // `Table` is an array of atomics: shared references may coexist with
-        // the IOMMU and other CPUs writing it.
-        unsafe { &*ptr }
-    }
-}
-
-/// Host-physical memory (partition RAM) read and written through the
-/// identity map.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IdentityRam;
-
-impl PhysMem for IdentityRam {
-    fn read(&self, hpa: Hpa, buf: &mut [u8]) {
-        assert!(paging::is_mapped(hpa.raw(), buf.len() as u64), "read of unmapped {hpa:#x}+{:#x}", buf.len());
-        let src = phys_to_virt(hpa.raw()).cast_const();
-        // SAFETY: the source range is mapped RAM (checked above) and cannot
-        // overlap `buf`, which the caller owns exclusively; a concurrent
-        // writer (a device) at worst yields stale bytes, which any u8 is.
-        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
-    }
-
-    fn write(&mut self, hpa: Hpa, data: &[u8]) {
-        assert!(paging::is_mapped(hpa.raw(), data.len() as u64), "write of unmapped {hpa:#x}+{:#x}", data.len());
-        let dst = phys_to_virt(hpa.raw());
-        // SAFETY: the destination is mapped partition RAM (checked above),
-        // which the hypervisor never holds references into, so it cannot
-        // overlap `data` or alias a live Rust object.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
-    }
-}
+/// Table pages from the frame allocator.
+pub type FrameTables = sluice_boot::FrameTables<Aarch64>;
+/// Partition RAM through the identity map.
+pub type IdentityRam = sluice_boot::IdentityRam<Aarch64>;
 
 /// A quick check of the services above on this machine: a table page from
 /// [`FrameTables`] is zeroed and reads back through [`IdentityRam`], and the
@@ -189,7 +136,7 @@ pub fn smoke_check(boot: &crate::bootinfo::BootInfo) -> Result<(), &'static str>
         return Err("table page is not zeroed");
     }
     tables.table(t)[7].store(0x1234_5678_9abc_def0, Ordering::Relaxed);
-    let mut ram = IdentityRam;
+    let mut ram = IdentityRam::new();
     let mut word = [0u8; 8];
     ram.read(Hpa(t.raw() + 7 * 8), &mut word);
     if u64::from_le_bytes(word) != 0x1234_5678_9abc_def0 {

@@ -1,6 +1,7 @@
 //! The parts of the boot code both architectures share: physical frames
-//! ([`frames`]) and the hypervisor heap ([`heap`], the global allocator),
-//! both over the identity map the boot code sets up.
+//! ([`frames`]), the hypervisor heap ([`heap`], the global allocator) and
+//! the core's table-memory and RAM views ([`memory`]), all over the
+//! identity map the boot code sets up.
 //!
 //! Only bare-metal images link this crate; its global allocator would
 //! replace the host's otherwise.
@@ -8,6 +9,9 @@
 
 pub mod frames;
 pub mod heap;
+pub mod memory;
+
+pub use memory::{IdentityMap, IdentityRam, FrameTables};
 
 /// The value of `key=value` in `cmdline` (the last one wins); `Some("")`
 /// for a bare `key`.

@@ -2,14 +2,15 @@
 //! memory through the identity map, table pages from the frame allocator,
 //! and leaving QEMU.
 
+use sluice_boot::IdentityMap;
 use sluice_kernel::Hpa;
 use sluice_kernel::hv::PhysMem;
-use sluice_kernel::pt::{TABLE_BYTES, Table, TableMemory};
+use sluice_kernel::pt::TableMemory;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use x86_64::instructions::port::Port;
 
-use crate::{frames, paging};
+use crate::paging;
 
 /// I/O port of QEMU's isa-debug-exit device (`iobase=0xf4,iosize=0x04`).
 pub const QEMU_EXIT_PORT: u16 = 0xf4;
@@ -75,6 +76,27 @@ pub fn set_noncoherent_walks(on: bool) {
     NONCOHERENT_WALKS.store(on, Ordering::SeqCst);
 }
 
+/// The x86_64 identity map for the shared memory views.
+#[derive(Debug)]
+pub struct X86;
+
+impl IdentityMap for X86 {
+    fn is_mapped(pa: u64, len: u64) -> bool {
+        paging::is_mapped(pa, len)
+    }
+
+    fn clean_for_devices(pa: u64, len: u64) {
+        if NONCOHERENT_WALKS.load(Ordering::Relaxed) {
+            flush_lines(pa, len);
+        }
+    }
+}
+
+/// Table pages from the frame allocator.
+pub type FrameTables = sluice_boot::FrameTables<X86>;
+/// Partition RAM through the identity map.
+pub type IdentityRam = sluice_boot::IdentityRam<X86>;
+
 /// Write back and invalidate the cache lines of `[pa, pa + len)`.
 fn flush_lines(pa: u64, len: u64) {
     let mut line = pa & !63;
@@ -87,86 +109,6 @@ fn flush_lines(pa: u64, len: u64) {
     // SAFETY: a fence instruction orders the flushes before later stores
     // (the MMIO write that tells the unit to look).
     unsafe { core::arch::x86_64::_mm_mfence() };
-}
-
-/// Table pages for the page-table engine, from the frame allocator, seen
-/// through the identity map.
-#[derive(Debug, Default)]
-pub struct FrameTables {
-    in_use: usize,
-}
-
-impl FrameTables {
-    /// A table memory with nothing handed out yet.
-    #[must_use]
-    pub const fn new() -> Self {
-        Self { in_use: 0 }
-    }
-
-    /// Table pages currently handed out by this memory.
-    #[must_use]
-    pub fn in_use(&self) -> usize {
-        self.in_use
-    }
-}
-
-impl TableMemory for FrameTables {
-    fn alloc_table(&mut self) -> Option<Hpa> {
-        let pa = frames::alloc_zeroed(1)?;
-        self.in_use += 1;
-        if NONCOHERENT_WALKS.load(Ordering::Relaxed) {
-            flush_lines(pa, TABLE_BYTES);
-        }
-        Some(Hpa(pa))
-    }
-
-    fn sync_entries(&self, table: Hpa, first: usize, count: usize) {
-        if NONCOHERENT_WALKS.load(Ordering::Relaxed) && count > 0 {
-            flush_lines(table.raw() + 8 * first as u64, 8 * count as u64);
-        }
-    }
-
-    fn free_table(&mut self, table: Hpa) {
-        assert!(table.is_aligned(TABLE_BYTES), "table {table:#x} is not page aligned");
-        self.in_use -= 1;
-        frames::free(table.raw(), 1);
-    }
-
-    fn table(&self, table: Hpa) -> &Table {
-        assert!(table.is_aligned(TABLE_BYTES), "table {table:#x} is not page aligned");
-        debug_assert!(paging::is_mapped(table.raw(), TABLE_BYTES));
-        let ptr = phys_to_virt(table.raw()).cast::<Table>();
-        // SAFETY: `table` is a 4 KiB-aligned frame this memory allocated
-        // (the engine only asks for its own tables), mapped RAM, and
-        // `Table` is an array of atomics: shared references may coexist with
-        // the IOMMU and other CPUs writing it.
-        unsafe { &*ptr }
-    }
-}
-
-/// Host-physical memory (partition RAM) read and written through the
-/// identity map.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IdentityRam;
-
-impl PhysMem for IdentityRam {
-    fn read(&self, hpa: Hpa, buf: &mut [u8]) {
-        assert!(paging::is_mapped(hpa.raw(), buf.len() as u64), "read of unmapped {hpa:#x}+{:#x}", buf.len());
-        let src = phys_to_virt(hpa.raw()).cast_const();
-        // SAFETY: the source range is mapped RAM (checked above) and cannot
-        // overlap `buf`, which the caller owns exclusively; a concurrent
-        // writer (a device) at worst yields stale bytes, which any u8 is.
-        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
-    }
-
-    fn write(&mut self, hpa: Hpa, data: &[u8]) {
-        assert!(paging::is_mapped(hpa.raw(), data.len() as u64), "write of unmapped {hpa:#x}+{:#x}", data.len());
-        let dst = phys_to_virt(hpa.raw());
-        // SAFETY: the destination is mapped partition RAM (checked above),
-        // which the hypervisor never holds references into, so it cannot
-        // overlap `data` or alias a live Rust object.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
-    }
 }
 
 /// A quick check of the services above on this machine: a table page from
@@ -185,7 +127,7 @@ pub fn smoke_check(boot: &crate::bootinfo::BootInfo) -> Result<(), &'static str>
         return Err("table page is not zeroed");
     }
     tables.table(t)[7].store(0x1234_5678_9abc_def0, Ordering::Relaxed);
-    let mut ram = IdentityRam;
+    let mut ram = IdentityRam::new();
     let mut word = [0u8; 8];
     ram.read(Hpa(t.raw() + 7 * 8), &mut word);
     if u64::from_le_bytes(word) != 0x1234_5678_9abc_def0 {

@@ -144,7 +144,7 @@ pub fn run(boot: &BootInfo) -> Result<(), String> {
     crate::platform::set_noncoherent_walks(noncoherent);
     println!("selftest: table writes flushed with CLFLUSH: {noncoherent} (ECAP.C)");
 
-    let mut hv: Hv = Hypervisor::new(units, FrameTables::new(), IdentityRam);
+    let mut hv: Hv = Hypervisor::new(units, FrameTables::new(), IdentityRam::new());
     let mut parts = Vec::new();
     for name in ["A", "B"] {
         let hpa = frames::alloc_zeroed(PART_PAGES).ok_or("no memory for partition RAM")?;
