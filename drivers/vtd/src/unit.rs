@@ -167,17 +167,12 @@ impl<M: TableMemory, C: Clock> VtdUnit<M, C> {
         mut mem: M,
         clock: C,
     ) -> Result<Self, InitError> {
-        if caps.scalable && caps.sagaw == 0 {
-            return Err(Unsupported("scalable mode only"));
-        }
-        let format = VtdSecondLevel::from_caps(caps.sagaw, caps.sllps, host_address_bits.min(52), caps.snoop_control)
-            .map_err(|_| Unsupported("no 3- or 4-level second-level tables (SAGAW)"))?;
-        {
-            use sluice_kernel::pt::Format;
-            if format.geometry().input_bits > caps.mgaw && format.geometry().levels == 4 && caps.sagaw & 2 == 0 {
-                return Err(Unsupported("MGAW below the only table depth"));
-            }
-        }
+        // Prefer 4 levels, but not beyond MGAW: a unit that translates only
+        // 39 bits gets 3-level tables even if SAGAW also offers 4, so the
+        // core's aperture never exceeds what the unit accepts.
+        let sagaw = if caps.mgaw < 48 { caps.sagaw & 0b10 } else { caps.sagaw };
+        let format = VtdSecondLevel::from_caps(sagaw, caps.sllps, host_address_bits.min(52), caps.snoop_control)
+            .map_err(|_| Unsupported("no usable 3- or 4-level second-level tables (SAGAW, MGAW)"))?;
         let hw = VtdHwInfo { flags: 0, reserved: 0, cap_reg: caps.cap, ecap_reg: caps.ecap };
         let mut data = [0u8; 40];
         data[..24].copy_from_slice(hw.as_bytes());

@@ -316,3 +316,15 @@ fn bad_requests_are_refused_without_touching_the_unit() {
     assert!(hw.events().is_empty());
     assert_eq!(unit.domain_of(0x08), None);
 }
+
+#[test]
+fn table_depth_follows_mgaw_not_only_sagaw() {
+    // SAGAW offers 39 and 48 bits, but MGAW is 39: 3-level tables.
+    let cap = Hw::qemu_like(1, false, true).r64(0x08);
+    let cap = (cap & !(0x3f << 16)) | (38 << 16);
+    let hw = Hw::new(cap, (1 << 1) | ((fake::IRO as u64 / 16) << 8));
+    let (unit, _mem, _clock) = bring_up(&hw);
+    assert_eq!(unit.caps().mgaw, 39);
+    assert_eq!(unit.info().format.input_bits(), 39);
+    assert_eq!(unit.format().context_aw(), 1);
+}
