@@ -10,8 +10,10 @@
 #   7. compiles the benchmarks (they are run by hand: `cargo bench`, see README);
 #   8. boots the hypervisor in QEMU: the x86_64 VT-d self-test in three
 #      intel-iommu configurations, checked against QEMU's own trace
-#      (tests/qemu/x86_64-selftest.sh), and the aarch64 image at EL2 as ELF
-#      and as arm64 Image (tests/qemu/aarch64-boot.sh).
+#      (tests/qemu/x86_64-selftest.sh), the aarch64 image at EL2 as ELF
+#      and as arm64 Image (tests/qemu/aarch64-boot.sh), and the aarch64
+#      SMMUv3 self-test, stage 2 and stage 1, checked against QEMU's trace
+#      (tests/qemu/aarch64-selftest.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,6 +90,13 @@ grep -q '^qemu aarch64 checks: .* 0 failed' target/qemu-aarch64.log || qemu_stat
 read -r a_passed a_failed < <(sed -n 's/^qemu aarch64 checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p' target/qemu-aarch64.log | tail -1)
 qemu_passed=$((qemu_passed + ${a_passed:-0}))
 qemu_failed=$((qemu_failed + ${a_failed:-1}))
+
+step "QEMU: aarch64 SMMUv3 self-test (stage 2, stage 1, malformed entry)"
+tests/qemu/aarch64-selftest.sh 2>&1 | tee target/qemu-aarch64-smmu.log | grep -E '^(ok|FAIL|--)' || true
+grep -q '^qemu aarch64 SMMUv3 checks: .* 0 failed' target/qemu-aarch64-smmu.log || qemu_status=1
+read -r s_passed s_failed < <(sed -n 's/^qemu aarch64 SMMUv3 checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p' target/qemu-aarch64-smmu.log | tail -1)
+qemu_passed=$((qemu_passed + ${s_passed:-0}))
+qemu_failed=$((qemu_failed + ${s_failed:-1}))
 if [ "$qemu_status" -ne 0 ]; then status=1; fi
 
 echo

@@ -2,7 +2,7 @@
 //! memory through the identity map, table pages from the frame allocator,
 //! and leaving QEMU (semihosting, else PSCI SYSTEM_OFF).
 
-use core::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering as AtomicOrdering};
 
 use sluice_boot::IdentityMap;
 use sluice_kernel::Hpa;
@@ -100,9 +100,19 @@ pub fn phys_bytes(pa: u64, len: usize) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(phys_to_virt(pa), len) }
 }
 
-/// The aarch64 identity map for the shared memory views. The SMMU on
-/// QEMU virt is coherent; cache maintenance for non-coherent ones comes
-/// with the SMMUv3 self-test (issue #5).
+/// Whether some SMMU reads tables and queues without snooping CPU caches
+/// (IDR0.COHACC = 0, or no `dma-coherent` in its device-tree node): then
+/// every table write is cleaned to the point of coherency with DC CVAC.
+static NONCOHERENT_WALKS: AtomicBool = AtomicBool::new(false);
+
+/// Say whether some SMMU is not coherent: `true` while SMMUs are probed
+/// (their first tables are written before IDR0 is read), then whether
+/// any probed one is not.
+pub fn set_noncoherent_walks(on: bool) {
+    NONCOHERENT_WALKS.store(on, AtomicOrdering::SeqCst);
+}
+
+/// The aarch64 identity map for the shared memory views.
 #[derive(Debug)]
 pub struct Aarch64;
 
@@ -110,6 +120,32 @@ impl IdentityMap for Aarch64 {
     fn is_mapped(pa: u64, len: u64) -> bool {
         paging::is_mapped(pa, len)
     }
+
+    fn clean_for_devices(pa: u64, len: u64) {
+        if NONCOHERENT_WALKS.load(AtomicOrdering::Relaxed) {
+            clean_to_poc(pa, len);
+        }
+    }
+}
+
+/// Clean the data cache lines of `[pa, pa + len)` to the point of
+/// coherency, then wait for the cleans to finish.
+fn clean_to_poc(pa: u64, len: u64) {
+    // CTR_EL0.DminLine: log2 of the smallest data cache line, in words.
+    let ctr: u64;
+    // SAFETY: reading CTR_EL0 has no side effects.
+    unsafe { core::arch::asm!("mrs {0}, ctr_el0", out(reg) ctr, options(nomem, nostack, preserves_flags)) };
+    let line = 4u64 << ((ctr >> 16) & 0xf);
+    let mut at = pa & !(line - 1);
+    while at < pa + len {
+        // SAFETY: DC CVAC of a mapped address (table pages are RAM in the
+        // identity map) only writes the line back; it changes no data.
+        unsafe { core::arch::asm!("dc cvac, {0}", in(reg) phys_to_virt(at), options(nostack, preserves_flags)) };
+        at += line;
+    }
+    // SAFETY: a barrier: the cleans complete before any later access (the
+    // MMIO write that tells the SMMU to look).
+    unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
 /// Table pages from the frame allocator.

@@ -87,7 +87,7 @@ extern "C" fn kmain(x0: u64) -> ! {
     println!("sluice: {} us since reset (generic timer)", timer::GenericTimer.now_us());
     match result {
         Ok(()) => {
-            println!("sluice: platform checks passed; no SMMUv3 self-test yet (issue #5)");
+            println!("sluice: platform checks and the SMMUv3 self-test passed");
             exit(true)
         }
         Err(e) => {

@@ -1,15 +1,19 @@
 //! The parts of the boot code both architectures share: physical frames
 //! ([`frames`]), the hypervisor heap ([`heap`], the global allocator) and
 //! the core's table-memory and RAM views ([`memory`]), all over the
-//! identity map the boot code sets up.
+//! identity map the boot code sets up, and the isolation self-test both
+//! images run ([`selftest`]).
 //!
 //! Only bare-metal images link this crate; its global allocator would
 //! replace the host's otherwise.
 #![no_std]
 
+extern crate alloc;
+
 pub mod frames;
 pub mod heap;
 pub mod memory;
+pub mod selftest;
 
 pub use memory::{IdentityMap, IdentityRam, FrameTables};
 

@@ -521,7 +521,16 @@ impl<M: TableMemory, C: Clock> SmmuV3Unit<M, C> {
         if pending == 0 {
             return;
         }
-        log::error!("smmuv3: global error {pending:#x}");
+        if pending & gerror::EVENTQ_ABT_ERR != 0 {
+            // An event could not be written. QEMU signals a full event
+            // queue this way (hardware sets EVENTQ_PROD.OVFLG instead):
+            // either way events were lost.
+            log::warn!("smmuv3: event queue write aborted (queue full?): events lost");
+            self.stats.event_overflows += 1;
+        }
+        if pending & !gerror::EVENTQ_ABT_ERR != 0 {
+            log::error!("smmuv3: global error {pending:#x}");
+        }
         self.stats.global_errors += u64::from(pending.count_ones());
         regs.gerrorn.set(regs.gerrorn.get() ^ pending);
     }

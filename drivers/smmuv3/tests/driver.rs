@@ -263,6 +263,9 @@ fn stage_preference() {
     let (unit, _m, _c) = bring_up(&nested);
     assert_eq!(unit.stage(), Stage::Two, "Auto prefers stage 2");
     let s1 = Hw::qemu(1);
+    let (unit, _m, _c) = bring_up(&s1);
+    assert_eq!(unit.stage(), Stage::One, "Auto falls back to stage 1 without S2P");
+    let s1 = Hw::qemu(1);
     let clock = fake::clock(&[&s1]);
     // SAFETY: as in `bring_up_with`.
     let r = unsafe { SmmuV3Unit::new(s1.base(), StagePreference::Stage2, HostPages::default(), clock) };
