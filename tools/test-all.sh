@@ -40,6 +40,9 @@ cargo clippy --locked -q --workspace --all-targets -- -D warnings
 cargo clippy --locked -q -p sluice-kernel -p sluice-vtd -p sluice-acpi -p sluice-pci --target aarch64-unknown-none -- -D warnings
 cargo clippy --locked -q -p sluice-x86_64 --target x86_64-unknown-none -- -D warnings
 cargo clippy --locked -q -p sluice-aarch64 -p sluice-boot --target aarch64-unknown-none -- -D warnings
+for t in x86_64-unknown-none aarch64-unknown-none; do
+  cargo clippy --locked -q -p sluice-guest -p sluice-guest-hello -p sluice-guest-programs --target "$t" -- -D warnings
+done
 echo "ok"
 
 step "hypervisor images"
@@ -90,6 +93,13 @@ grep -q '^qemu aarch64 checks: .* 0 failed' target/qemu-aarch64.log || qemu_stat
 read -r a_passed a_failed < <(sed -n 's/^qemu aarch64 checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p' target/qemu-aarch64.log | tail -1)
 qemu_passed=$((qemu_passed + ${a_passed:-0}))
 qemu_failed=$((qemu_failed + ${a_failed:-1}))
+
+step "QEMU: the isolation demo on aarch64 (EL1 partitions under stage 2)"
+tests/qemu/demo.sh aarch64 2>&1 | tee target/qemu-demo-aarch64.log | grep -E '^(ok|FAIL|--)' || true
+grep -q '^qemu aarch64 demo checks: .* 0 failed' target/qemu-demo-aarch64.log || qemu_status=1
+read -r d_passed d_failed < <(sed -n 's/^qemu aarch64 demo checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p' target/qemu-demo-aarch64.log | tail -1)
+qemu_passed=$((qemu_passed + ${d_passed:-0}))
+qemu_failed=$((qemu_failed + ${d_failed:-1}))
 
 step "QEMU: aarch64 SMMUv3 self-test (stage 2, stage 1, malformed entry)"
 tests/qemu/aarch64-selftest.sh 2>&1 | tee target/qemu-aarch64-smmu.log | grep -E '^(ok|FAIL|--)' || true

@@ -1,5 +1,6 @@
 //! Link the image with linker/aarch64.ld as a static PIE that relocates
-//! itself (the arm64 `Image` may be loaded at any 2 MiB-aligned address).
+//! itself (the arm64 `Image` may be loaded at any 2 MiB-aligned address),
+//! and embed the partitions of the manifest with their programs.
 
 use std::env;
 use std::path::PathBuf;
@@ -27,4 +28,7 @@ fn main() {
     for arg in ["-pie", "--no-dynamic-linker", "-z", "notext", "--apply-dynamic-relocs", "-z", "norelro"] {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
+    // The partitions: the manifest checked, their programs built and
+    // embedded (OUT_DIR/partitions.rs).
+    sluice_manifest::embed::build_script("aarch64-unknown-none");
 }

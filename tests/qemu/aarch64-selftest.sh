@@ -53,7 +53,7 @@ run() {
     -global arm-smmuv3.stage=2 -device edu -device edu
     -display none -serial stdio -semihosting -kernel "$kernel"
     -d guest_errors -trace 'smmuv3_*' -trace 'smmu_*' -D "$out/$name.trace")
-  [ -n "$append" ] && args+=(-append "$append")
+  args+=(-append "selftest $append")
   rm -f "$out/$name.trace"
   local t0=$SECONDS
   timeout 120 qemu-system-aarch64 "${args[@]}" > "$out/$name.serial" 2> "$out/$name.stderr"

@@ -2,8 +2,9 @@
 //! EL AArch64 / AArch32; synchronous, IRQ, FIQ, SError) save x0-x30, SP,
 //! ELR, SPSR, ESR and FAR into one frame and call `exception_dispatch`,
 //! which prints a register report and exits with failure. A handler that
-//! returns resumes through `eret` with the (possibly changed) frame: the
-//! lower-EL entries are where guest exits will land (issue #6).
+//! returns resumes through `eret` with the (possibly changed) frame. The
+//! lower-EL AArch64 entries are guest exits instead: they save the guest's
+//! registers and return from `vcpu::run_guest` (see `vcpu.rs`).
 
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,14 @@ core::arch::global_asm!(
     b       exc_common
     .endm
 
+    /* A lower-EL AArch64 entry: a guest exit (see vcpu.rs) */
+    .macro LENTRY kind
+    .balign 128
+    stp     x0, x1, [sp, #-16]!
+    mov     x0, #\kind
+    b       guest_exit
+    .endm
+
     .section .text.vectors, "ax"
     .balign 2048
     .global exception_vectors
@@ -35,10 +44,10 @@ exception_vectors:
     VENTRY 5
     VENTRY 6
     VENTRY 7
-    VENTRY 8
-    VENTRY 9
-    VENTRY 10
-    VENTRY 11
+    LENTRY 8
+    LENTRY 9
+    LENTRY 10
+    LENTRY 11
     VENTRY 12
     VENTRY 13
     VENTRY 14

@@ -36,9 +36,13 @@ use sluice_boot::frames;
 #[cfg(target_os = "none")]
 use sluice_boot::heap;
 #[cfg(target_os = "none")]
+mod machine;
+#[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
 mod paging;
+#[cfg(target_os = "none")]
+mod partitions;
 #[cfg(target_os = "none")]
 mod platform;
 #[cfg(target_os = "none")]
@@ -47,3 +51,5 @@ mod selftest;
 mod start;
 #[cfg(target_os = "none")]
 mod timer;
+#[cfg(target_os = "none")]
+mod vcpu;

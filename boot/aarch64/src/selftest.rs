@@ -20,18 +20,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use sluice_boot::selftest::{self, BlockedDma, Isolation};
-use sluice_kernel::hv::{DeviceConfig, Hypervisor};
+use sluice_kernel::hv::DeviceConfig;
 use sluice_pci::edu::{self, Edu, EduMmio};
-use sluice_pci::{AssignPolicy, Ecam, PciSegment};
-use sluice_smmuv3::{SmmuV3Unit, Stage, StagePreference};
+use sluice_smmuv3::StagePreference;
 
 use crate::bootinfo::BootInfo;
-use crate::dt::PciSpace;
-use crate::platform::{self, FrameTables, IdentityRam};
+use crate::machine::{Hv, Machine};
 use crate::timer::GenericTimer;
-
-type Unit = SmmuV3Unit<FrameTables, GenericTimer>;
-type Hv = Hypervisor<Unit, FrameTables, IdentityRam>;
 
 /// Run the self-test; `Err` says what failed.
 pub fn run(boot: &BootInfo) -> Result<(), String> {
@@ -41,80 +36,23 @@ pub fn run(boot: &BootInfo) -> Result<(), String> {
         Some("2") => StagePreference::Stage2,
         Some(other) => return Err(format!("smmu-stage={other}: expected 1, 2 or auto")),
     };
-    let d = &boot.devices;
-    if d.smmus.is_empty() {
-        return Err("no arm,smmu-v3 node in the device tree (QEMU: -M virt,iommu=smmuv3)".into());
-    }
-    let host = d.pci_hosts.first().ok_or("no PCIe host in the device tree")?;
-
-    // Until every SMMU is probed, assume the worst (its first tables are
-    // written before IDR0 is read); then clean only for non-coherent ones.
-    platform::set_noncoherent_walks(true);
-    let mut units = Vec::new();
-    for (i, node) in d.smmus.iter().enumerate() {
-        if node.size < sluice_smmuv3::regs::MMIO_SIZE as u64 {
-            return Err(format!("smmu{i}: register window {:#x} is smaller than two 64 KiB pages", node.size));
-        }
-        // SAFETY: the device tree names these two 64 KiB pages as an
-        // SMMUv3's registers; the final EL2 map covers them as Device
-        // memory (below 1 TiB), and only this unit uses them.
-        let unit = unsafe { SmmuV3Unit::new(node.base as usize, stage, FrameTables::new(), GenericTimer) }
-            .map_err(|e| format!("smmu{i} at {:#x}: {e:?}", node.base))?;
-        let c = unit.caps();
-        println!(
-            "selftest: smmu{i} at {:#x}: S1P {} S2P {} -> stage {}, OAS {} bits, SIDSIZE {} ({}), RIL {}, COHACC {}, dma-coherent {}",
-            node.base,
-            c.s1p,
-            c.s2p,
-            if unit.stage() == Stage::Two { 2 } else { 1 },
-            c.oas_bits,
-            c.sid_bits,
-            if unit.two_level() { "2-level stream table" } else { "linear stream table" },
-            c.ril,
-            c.cohacc,
-            node.dma_coherent
-        );
-        units.push(unit);
-    }
-    let noncoherent = units.iter().zip(&d.smmus).any(|(u, n)| !u.caps().cohacc || !n.dma_coherent);
-    platform::set_noncoherent_walks(noncoherent);
-    println!("selftest: table writes cleaned to memory with DC CVAC: {noncoherent} (IDR0.COHACC, dma-coherent)");
-
-    // PCI over ECAM; memory BARs placed in the host's windows.
-    // SAFETY: the device tree names this window as the host's ECAM for
-    // these buses; the final EL2 map covers it as Device memory (below
-    // 1 TiB) and nothing else uses it.
-    let ecam = unsafe { Ecam::new(host.ecam_base as usize, host.segment, host.bus_start, host.bus_end) };
-    let pci = PciSegment::new(ecam, host.segment, host.bus_start, host.bus_end);
-    let mut functions = pci.enumerate();
-    // 32-bit windows first: edu's BAR0 is a 32-bit BAR.
-    let mut windows: Vec<_> = host.mmio_windows().collect();
-    windows.sort_by_key(|w| w.space != PciSpace::Mem32);
-    let bus_windows: Vec<_> = windows.iter().map(|w| w.pci_addr..w.pci_addr + w.size).collect();
-    let report = pci.assign_bars(&mut functions, &bus_windows, AssignPolicy::UnassignedOnly).map_err(|e| format!("BARs: {e}"))?;
-    println!("selftest: PCI: {} functions on segment {}, {} BARs placed", functions.len(), host.segment, report.placed.len());
-    let to_cpu = |bus: u64| {
-        windows.iter().find(|w| (w.pci_addr..w.pci_addr + w.size).contains(&bus)).map(|w| w.cpu_addr + (bus - w.pci_addr))
-    };
+    let Machine { mut hv, pci, functions, map } = Machine::bring_up(boot, stage)?;
     let edus: Vec<_> = sluice_pci::find(&functions, edu::VENDOR_ID, edu::DEVICE_ID).cloned().collect();
     if edus.len() < 2 {
         return Err(format!("two edu devices needed, found {}", edus.len()));
     }
-
-    let mut hv: Hv = Hypervisor::new(units, FrameTables::new(), IdentityRam::new());
     let parts = selftest::add_partitions(&mut hv)?;
     let mut devs = Vec::new();
     for (k, f) in edus.iter().take(2).enumerate() {
         let rid = f.bdf.rid();
-        let (smmu, sid) = host.stream_id(rid).ok_or_else(|| format!("edu {}: no iommu-map entry", f.bdf))?;
-        let unit = smmu.ok_or_else(|| format!("edu {}: its iommu-map does not name an SMMUv3", f.bdf))?;
+        let (unit, sid) = map.stream_id(rid).map_err(|e| format!("edu {}: {e}", f.bdf))?;
         // No reserved regions of the platform: MSIs would be ordinary
         // writes translated by the SMMU (none are given to partitions yet).
         let id = hv
             .add_device(DeviceConfig { partition: parts[k], unit, rid: sid, dma_bits: 28, regions: Vec::new() })
             .map_err(|e| format!("device {}: {e:?}", f.bdf))?;
         let bar0_bus = edu::enable(&pci, f).map_err(|e| format!("edu {}: {e}", f.bdf))?;
-        let bar0 = to_cpu(bar0_bus).ok_or_else(|| format!("edu {}: BAR0 {bar0_bus:#x} is in no window", f.bdf))?;
+        let bar0 = map.bar_cpu(bar0_bus).ok_or_else(|| format!("edu {}: BAR0 {bar0_bus:#x} is in no window", f.bdf))?;
         if !crate::paging::is_mapped(bar0, edu::BAR0_SIZE) {
             return Err(format!("edu {}: BAR0 {bar0:#x} is not mapped", f.bdf));
         }

@@ -9,7 +9,7 @@ use sluice_boot::cmdline_option;
 use crate::dt::{Devices, PciSpace, RawDt};
 use crate::entry::QEMU_VIRT_RAM_BASE;
 use crate::platform::exit;
-use crate::{console, dt, frames, heap, memory, platform, selftest, timer};
+use crate::{console, dt, frames, heap, memory, partitions, platform, selftest, timer};
 
 /// Console base used only when the device tree names no PL011 (QEMU virt's
 /// UART0); reported when used.
@@ -83,15 +83,33 @@ extern "C" fn kmain(x0: u64) -> ! {
         exit(false);
     }
 
-    let result = selftest::run(&boot);
+    if boot.option("selftest").is_some() {
+        let result = selftest::run(&boot);
+        println!("sluice: {} us since reset (generic timer)", timer::GenericTimer.now_us());
+        match result {
+            Ok(()) => {
+                println!("sluice: platform checks and the SMMUv3 self-test passed");
+                exit(true)
+            }
+            Err(e) => {
+                println!("sluice: self-test FAILED: {e}");
+                exit(false)
+            }
+        }
+    }
+    let result = partitions::run(&boot);
     println!("sluice: {} us since reset (generic timer)", timer::GenericTimer.now_us());
     match result {
-        Ok(()) => {
-            println!("sluice: platform checks and the SMMUv3 self-test passed");
+        Ok(true) => {
+            println!("sluice: every partition exited 0: every isolation check held");
             exit(true)
         }
+        Ok(false) => {
+            println!("sluice: FAILED: a partition did not start, was stopped or exited non-zero");
+            exit(false)
+        }
         Err(e) => {
-            println!("sluice: self-test FAILED: {e}");
+            println!("sluice: platform bring-up FAILED: {e}");
             exit(false)
         }
     }

@@ -13,6 +13,7 @@ extern crate alloc;
 pub mod frames;
 pub mod heap;
 pub mod memory;
+pub mod partition;
 pub mod selftest;
 
 pub use memory::{IdentityMap, IdentityRam, FrameTables};

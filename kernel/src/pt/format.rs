@@ -10,6 +10,11 @@ bitflags::bitflags! {
         const READ = 1 << 0;
         /// The device may write.
         const WRITE = 1 << 1;
+        /// Device memory rather than normal memory: a CPU's second stage
+        /// mapping a device's registers into a partition (Arm stage 2:
+        /// Device-nGnRE). Formats without memory types ignore it; IOMMU
+        /// tables never get it.
+        const DEVICE = 1 << 2;
     }
 }
 

@@ -17,6 +17,8 @@ const SH_INNER: u64 = 0b11 << 8;
 const AF: u64 = 1 << 10;
 
 const S2_MEMATTR_NORMAL_WB: u64 = 0b1111 << 2;
+const S2_MEMATTR_DEVICE_NGNRE: u64 = 0b0001 << 2;
+const S2_MEMATTR: u64 = 0b1111 << 2;
 const S2AP_READ: u64 = 1 << 6;
 const S2AP_WRITE: u64 = 1 << 7;
 
@@ -110,7 +112,8 @@ impl Format for ArmStage2 {
     }
     #[inline]
     fn leaf(&self, level: u32, hpa: Hpa, perm: Perm) -> u64 {
-        let mut e = hpa.raw() | descriptor_type(level) | S2_MEMATTR_NORMAL_WB | SH_INNER | AF;
+        let memory = if perm.contains(Perm::DEVICE) { S2_MEMATTR_DEVICE_NGNRE } else { S2_MEMATTR_NORMAL_WB | SH_INNER };
+        let mut e = hpa.raw() | descriptor_type(level) | memory | AF;
         if perm.contains(Perm::READ) {
             e |= S2AP_READ;
         }
@@ -133,6 +136,7 @@ impl Format for ArmStage2 {
             let mut p = Perm::empty();
             p.set(Perm::READ, e & S2AP_READ != 0);
             p.set(Perm::WRITE, e & S2AP_WRITE != 0);
+            p.set(Perm::DEVICE, e & S2_MEMATTR == S2_MEMATTR_DEVICE_NGNRE);
             p
         })
     }

@@ -1,0 +1,272 @@
+//! Guest partitions, the part both architectures share: loading a
+//! partition's program (an ELF) into its RAM, the start info block, and the
+//! scheduler that runs vCPUs and turns their exits into hypercalls, console
+//! output and reports. The vCPU itself (an EL1 guest under stage 2 on
+//! aarch64, an SVM guest with nested paging on x86_64) is behind [`Vcpu`].
+//!
+//! Scheduling, on one CPU: partitions run in manifest order, each until it
+//! exits, is stopped, or parks. A partition parks by waiting for an
+//! interrupt (`WFI` / `HLT`) — it has none, so this means "let the others
+//! run": it resumes once every other partition has ended or parked too.
+//! That is how the demo's partition B waits for A's attacks before it
+//! checks its memory.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Arguments;
+
+use elf::ElfBytes;
+use elf::abi::{PT_LOAD, PF_X};
+use elf::endian::LittleEndian;
+use sluice_kernel::abi::{StartDevice, StartInfo, layout};
+use sluice_kernel::hv::{Hypervisor, PhysMem};
+use sluice_kernel::hypercall::Outcome;
+use sluice_kernel::iommu::Iommu;
+use sluice_kernel::pt::TableMemory;
+use zerocopy::IntoBytes;
+
+/// Why a vCPU stopped running the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// A hypercall: the command number and the GPA argument. The vCPU has
+    /// already stepped past the instruction; [`Vcpu::set_return`] gives the
+    /// result.
+    Hypercall {
+        /// Command number.
+        nr: u64,
+        /// The struct's guest-physical address.
+        gpa: u64,
+    },
+    /// An access the partition's second stage does not allow: outside its
+    /// RAM and its devices' registers.
+    Fault {
+        /// Guest-physical address.
+        gpa: u64,
+        /// A write (else a read or fetch).
+        write: bool,
+        /// An instruction fetch.
+        fetch: bool,
+    },
+    /// The guest waits for an interrupt (`WFI`, `HLT`): it parks.
+    Park,
+    /// Anything else the hypervisor does not handle: the partition stops.
+    Other(String),
+}
+
+/// One guest vCPU, as the scheduler drives it.
+pub trait Vcpu {
+    /// Run the guest until its next exit.
+    fn run(&mut self) -> Exit;
+    /// The hypercall's return value, for the instruction [`Exit::Hypercall`]
+    /// stepped past.
+    fn set_return(&mut self, value: i64);
+    /// The guest's program counter now.
+    fn pc(&self) -> u64;
+    /// The guest's registers, for a report.
+    fn dump(&self) -> String;
+}
+
+/// How a partition ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// PARTITION_EXIT with this code.
+    Exited(u32),
+    /// Stopped by the hypervisor, with the reason.
+    Stopped(String),
+    /// Never started, with the reason.
+    NotStarted(String),
+}
+
+impl Ended {
+    /// Exited with code 0.
+    #[must_use]
+    pub fn is_success(&self) -> bool {
+        *self == Self::Exited(0)
+    }
+}
+
+/// Load the ELF `program` into partition `p`'s RAM: every `PT_LOAD`
+/// segment at its physical address (GPA), which must lie inside RAM at or
+/// above [`layout::IMAGE_BASE_GPA`]; the rest of each segment stays zero
+/// (partition RAM starts zeroed). Returns the entry point.
+///
+/// # Errors
+///
+/// Not an ELF for this machine, a segment outside the image area, the
+/// entry outside an executable segment.
+pub fn load_program<U: Iommu, M: TableMemory, R: PhysMem>(hv: &mut Hypervisor<U, M, R>, p: usize, program: &[u8], machine: u16) -> Result<u64, String> {
+    let file = ElfBytes::<LittleEndian>::minimal_parse(program).map_err(|e| format!("not an ELF: {e}"))?;
+    if file.ehdr.e_machine != machine {
+        return Err(format!("ELF for machine {}, this is {machine}", file.ehdr.e_machine));
+    }
+    let segments = file.segments().ok_or("ELF without program headers")?;
+    let mut entry_ok = false;
+    let mut loaded = 0;
+    for ph in segments.iter().filter(|ph| ph.p_type == PT_LOAD) {
+        let start = ph.p_paddr;
+        let end = start.checked_add(ph.p_memsz).ok_or("segment wraps")?;
+        if start < layout::IMAGE_BASE_GPA || ph.p_filesz > ph.p_memsz || !hv.is_ram(p, start, ph.p_memsz.max(1)) {
+            return Err(format!("segment {start:#x}..{end:#x} is outside the partition's image area (RAM from {:#x})", layout::IMAGE_BASE_GPA));
+        }
+        let offset = usize::try_from(ph.p_offset).map_err(|_| "segment offset")?;
+        let len = usize::try_from(ph.p_filesz).map_err(|_| "segment size")?;
+        let bytes = program.get(offset..offset.checked_add(len).ok_or("segment size")?).ok_or("segment past the end of the file")?;
+        hv.write_guest(p, start, bytes).map_err(|e| format!("load {start:#x}: {e:?}"))?;
+        if ph.p_flags & PF_X != 0 && (start..end).contains(&file.ehdr.e_entry) {
+            entry_ok = true;
+        }
+        loaded += 1;
+    }
+    if loaded == 0 || !entry_ok {
+        return Err(format!("entry {:#x} is in no executable segment ({loaded} segments)", file.ehdr.e_entry));
+    }
+    Ok(file.ehdr.e_entry)
+}
+
+/// Write the start info block for partition `p` at
+/// [`layout::START_INFO_GPA`].
+///
+/// # Errors
+///
+/// More devices than the block holds, or the block is outside RAM.
+pub fn write_start_info<U: Iommu, M: TableMemory, R: PhysMem>(
+    hv: &mut Hypervisor<U, M, R>,
+    p: usize,
+    name: &str,
+    ram_size: u64,
+    devices: &[StartDevice],
+) -> Result<(), String> {
+    let mut info = StartInfo::new(p as u32, name, layout::RAM_BASE, ram_size);
+    for d in devices {
+        info.push_device(*d).map_err(|_| format!("more than {} devices", sluice_kernel::abi::START_MAX_DEVICES))?;
+    }
+    hv.write_guest(p, layout::START_INFO_GPA, info.as_bytes()).map_err(|e| format!("start info: {e:?}"))
+}
+
+/// A partition the scheduler runs.
+#[derive(Debug)]
+pub struct Runnable<V> {
+    /// Index in the hypervisor.
+    pub partition: usize,
+    /// Name, for reports.
+    pub name: String,
+    /// Its vCPU.
+    pub vcpu: V,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Ready,
+    Parked,
+    Done,
+}
+
+/// Longest console line kept before it is printed anyway.
+const LINE_MAX: usize = 200;
+
+/// Run `parts` to the end (see the module docs for the order); `out`
+/// prints one console line. Returns how each ended, in order.
+pub fn run_all<V: Vcpu, U: Iommu, M: TableMemory, R: PhysMem>(
+    hv: &mut Hypervisor<U, M, R>,
+    parts: &mut [Runnable<V>],
+    out: fn(Arguments<'_>),
+) -> Vec<Ended> {
+    let mut state: Vec<State> = parts.iter().map(|_| State::Ready).collect();
+    let mut ended: Vec<Option<Ended>> = parts.iter().map(|_| None).collect();
+    let mut lines: Vec<Vec<u8>> = parts.iter().map(|_| Vec::new()).collect();
+    loop {
+        let next = match state.iter().position(|s| *s == State::Ready) {
+            Some(i) => i,
+            None if state.contains(&State::Parked) => {
+                for s in state.iter_mut().filter(|s| **s == State::Parked) {
+                    *s = State::Ready;
+                }
+                continue;
+            }
+            None => break,
+        };
+        let Runnable { partition: p, name, vcpu } = &mut parts[next];
+        let p = *p;
+        let result = loop {
+            let exit = vcpu.run();
+            // Faults the partitions' devices made while it ran, before it
+            // can ask for them.
+            hv.poll_faults();
+            match exit {
+                Exit::Hypercall { nr, gpa } => {
+                    let outcome = hv.hypercall(p, nr, gpa);
+                    flush_console(hv, p, name, &mut lines[next], out, false);
+                    match outcome {
+                        Outcome::Return(v) => vcpu.set_return(v),
+                        Outcome::Exit(code) => break Some(Ended::Exited(code)),
+                    }
+                }
+                Exit::Park => break None,
+                Exit::Fault { gpa, write, fetch } => {
+                    let what = if fetch { "instruction fetch" } else if write { "write" } else { "read" };
+                    break Some(Ended::Stopped(format!(
+                        "{what} at GPA {gpa:#x} (PC {:#x}), outside its RAM and its devices' registers\n{}",
+                        vcpu.pc(),
+                        vcpu.dump()
+                    )));
+                }
+                Exit::Other(why) => break Some(Ended::Stopped(format!("{why} (PC {:#x})\n{}", vcpu.pc(), vcpu.dump()))),
+            }
+        };
+        flush_console(hv, p, name, &mut lines[next], out, true);
+        match result {
+            None => state[next] = State::Parked,
+            Some(e) => {
+                match &e {
+                    Ended::Exited(code) => out(format_args!("[{name}] partition exited with code {code}")),
+                    Ended::Stopped(why) => {
+                        out(format_args!("[{name}] partition STOPPED by the hypervisor: {why}"));
+                    }
+                    Ended::NotStarted(_) => {}
+                }
+                // Nothing of it may stay reachable: block its devices.
+                for d in 0..hv.devices().len() {
+                    if hv.devices()[d].partition == p {
+                        let id = hv.devices()[d].id;
+                        if let Err(err) = hv.detach(p, id) {
+                            out(format_args!("[{name}] detach of device {id} failed: {err:?}"));
+                        }
+                    }
+                }
+                state[next] = State::Done;
+                ended[next] = Some(e);
+            }
+        }
+    }
+    ended.into_iter().map(|e| e.unwrap_or_else(|| Ended::Stopped("never ended".into()))).collect()
+}
+
+/// Print what partition `p` wrote to its console, line by line, prefixed
+/// with its name; a partial line waits for its end unless `all`.
+fn flush_console<U: Iommu, M: TableMemory, R: PhysMem>(
+    hv: &mut Hypervisor<U, M, R>,
+    p: usize,
+    name: &str,
+    pending: &mut Vec<u8>,
+    out: fn(Arguments<'_>),
+    all: bool,
+) {
+    pending.extend(hv.partition_mut(p).take_console());
+    while let Some(nl) = pending.iter().position(|&b| b == b'\n').or_else(|| (pending.len() >= LINE_MAX).then_some(LINE_MAX)) {
+        let line: Vec<u8> = pending.drain(..=nl.min(pending.len() - 1)).collect();
+        print_line(name, &line, out);
+    }
+    if all && !pending.is_empty() {
+        let line = core::mem::take(pending);
+        print_line(name, &line, out);
+    }
+}
+
+fn print_line(name: &str, line: &[u8], out: fn(Arguments<'_>)) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\n', '\r']);
+    // Partition text is untrusted: no control characters reach the console.
+    let clean: String = text.chars().map(|c| if c.is_control() { '.' } else { c }).collect();
+    out(format_args!("[{name}] {clean}"));
+}
