@@ -13,7 +13,8 @@
 #      (tests/qemu/x86_64-selftest.sh), the aarch64 image at EL2 as ELF
 #      and as arm64 Image (tests/qemu/aarch64-boot.sh), and the aarch64
 #      SMMUv3 self-test, stage 2 and stage 1, checked against QEMU's trace
-#      (tests/qemu/aarch64-selftest.sh).
+#      (tests/qemu/aarch64-selftest.sh), and the isolation demo with guest
+#      partitions on both (tests/qemu/demo.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,6 +94,13 @@ grep -q '^qemu aarch64 checks: .* 0 failed' target/qemu-aarch64.log || qemu_stat
 read -r a_passed a_failed < <(sed -n 's/^qemu aarch64 checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p' target/qemu-aarch64.log | tail -1)
 qemu_passed=$((qemu_passed + ${a_passed:-0}))
 qemu_failed=$((qemu_failed + ${a_failed:-1}))
+
+step "QEMU: the isolation demo on x86_64 (SVM partitions with nested paging)"
+tests/qemu/demo.sh x86_64 2>&1 | tee target/qemu-demo-x86_64.log | grep -E '^(ok|FAIL|--)' || true
+grep -q '^qemu x86_64 demo checks: .* 0 failed' target/qemu-demo-x86_64.log || qemu_status=1
+read -r d_passed d_failed < <(sed -n 's/^qemu x86_64 demo checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p' target/qemu-demo-x86_64.log | tail -1)
+qemu_passed=$((qemu_passed + ${d_passed:-0}))
+qemu_failed=$((qemu_failed + ${d_failed:-1}))
 
 step "QEMU: the isolation demo on aarch64 (EL1 partitions under stage 2)"
 tests/qemu/demo.sh aarch64 2>&1 | tee target/qemu-demo-aarch64.log | grep -E '^(ok|FAIL|--)' || true

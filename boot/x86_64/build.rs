@@ -19,4 +19,7 @@ fn main() {
     // its dynamic relocations. The boot code runs at its link address, so
     // link a plain fixed-address executable (PIC code links fine into it).
     println!("cargo:rustc-link-arg-bins=--no-pie");
+    // The partitions: the manifest checked, their programs built and
+    // embedded (OUT_DIR/partitions.rs).
+    sluice_manifest::embed::build_script("x86_64-unknown-none");
 }

@@ -42,7 +42,7 @@ run() {
     -device isa-debug-exit,iobase=0xf4,iosize=0x04
     -trace 'vtd_dmar_fault' -trace 'vtd_inv_desc_iotlb_*' -trace 'vtd_inv_desc_cc_*'
     -D "$out/$name.trace" -kernel "$image")
-  [ -n "$append" ] && args+=(-append "$append")
+  args+=(-append "selftest $append")
   local start=$SECONDS
   timeout 300 "$qemu" "${args[@]}" > "$out/$name.serial" 2> "$out/$name.stderr"
   status=$?

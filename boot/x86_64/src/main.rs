@@ -36,13 +36,19 @@ use sluice_boot::frames;
 #[cfg(target_os = "none")]
 use sluice_boot::heap;
 #[cfg(target_os = "none")]
+mod machine;
+#[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
 mod paging;
 #[cfg(target_os = "none")]
+mod partitions;
+#[cfg(target_os = "none")]
 mod platform;
 #[cfg(target_os = "none")]
 mod selftest;
+#[cfg(target_os = "none")]
+mod svm;
 #[cfg(target_os = "none")]
 mod tsc;
 #[cfg(target_os = "none")]

@@ -6,7 +6,7 @@ use sluice_kernel::time::Clock;
 use crate::bootinfo::{BootInfo, RawBoot};
 use sluice_boot::cmdline_option;
 use crate::platform::qemu_exit;
-use crate::{console, cpu, exceptions, frames, heap, memory, paging, platform, selftest, tsc};
+use crate::{partitions, console, cpu, exceptions, frames, heap, memory, paging, platform, selftest, tsc};
 
 /// The Rust entry, called by `entry` on the boot stack with the loader's
 /// eax (boot magic) and ebx (information structure address).
@@ -51,15 +51,33 @@ extern "C" fn kmain(boot_magic: u32, info_pa: u64) -> ! {
         qemu_exit(false);
     }
 
-    let result = selftest::run(&boot);
+    if boot.option("selftest").is_some() {
+        let result = selftest::run(&boot);
+        println!("sluice: {} us since reset (TSC)", tsc::Tsc.now_us());
+        match result {
+            Ok(()) => {
+                println!("sluice: self-test passed");
+                qemu_exit(true)
+            }
+            Err(e) => {
+                println!("sluice: self-test FAILED: {e}");
+                qemu_exit(false)
+            }
+        }
+    }
+    let result = partitions::run(&boot);
     println!("sluice: {} us since reset (TSC)", tsc::Tsc.now_us());
     match result {
-        Ok(()) => {
-            println!("sluice: self-test passed");
+        Ok(true) => {
+            println!("sluice: every partition exited 0: every isolation check held");
             qemu_exit(true)
         }
+        Ok(false) => {
+            println!("sluice: FAILED: a partition did not start, was stopped or exited non-zero");
+            qemu_exit(false)
+        }
         Err(e) => {
-            println!("sluice: self-test FAILED: {e}");
+            println!("sluice: platform bring-up FAILED: {e}");
             qemu_exit(false)
         }
     }
