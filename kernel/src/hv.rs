@@ -10,15 +10,17 @@
 //! invalidated and the invalidation has completed before pins and table
 //! pages are given back.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::abi::{Errno, FaultRecord, fault_reason, resv_type};
+use crate::heap::{self, HeapBudget, HeapUse, Unlimited};
 use crate::hwpt::AnyTable;
 use crate::iommu::{Domain, Flush, Iommu, IommuError};
-use crate::iova::{Holes, Owner, Range, Reserved, auto_alignment, complement};
+use crate::iova::{Holes, Owner, Range, Reserved, auto_alignment, complement, complement_iter};
 use crate::memmap::{MemMapError, MemoryMap, RamRange};
 use crate::objects::ObjectTable;
 use crate::pt::{Gather, PAGE_SIZE, Perm, PtError, TableMemory};
@@ -175,6 +177,11 @@ impl Ioas {
         complement(&self.merged)
     }
 
+    /// [`Self::usable`] one by one, without allocating.
+    pub fn usable_iter(&self) -> impl Iterator<Item = Range> + '_ {
+        complement_iter(&self.merged)
+    }
+
     /// The HWPTs (object ids) attached to this IOAS.
     #[must_use]
     pub fn hwpts(&self) -> &[u32] {
@@ -189,8 +196,24 @@ impl Ioas {
         self.allowed.iter().any(|a| a.intersects(r))
     }
 
+    /// Recompute the merged reserved ranges in place: room for them was
+    /// reserved when the ranges grew (attach), so this never allocates.
     fn remerge(&mut self) {
-        self.merged = self.reserved.merged();
+        debug_assert!(self.merged.capacity() >= self.reserved.len(), "room for the merged ranges");
+        self.reserved.merge_into(&mut self.merged);
+    }
+
+    /// The most heap this IOAS's collections can occupy (see
+    /// [`crate::heap`]): its areas, the holes between them (at most one
+    /// more than the areas), and its lists.
+    fn heap(&self) -> usize {
+        let n = self.areas.len();
+        heap::btree::<u64, Area>(n)
+            + heap::btree::<u64, u64>(n + 1)
+            + heap::vec::<Range>(self.allowed.capacity())
+            + heap::vec::<(Range, Owner)>(self.reserved.capacity())
+            + heap::vec::<Range>(self.merged.capacity())
+            + heap::vec::<u32>(self.hwpts.capacity())
     }
 
     /// iommufd's iopt_check_iova for a FIXED_IOVA map of `len` bytes.
@@ -263,17 +286,21 @@ struct PinSet {
 /// Add `delta` (+1 or -1) to the cover count of pages `[a, b)`; returns
 /// the pages whose count crossed zero (0 -> 1 when adding, 1 -> 0 when
 /// removing).
+///
+/// Allocates nothing but the (at most two) breakpoints at `a` and `b`: the
+/// map never holds more than two per area using the set plus those two,
+/// which is what the set's heap footprint counts.
 fn cover_add(cover: &mut BTreeMap<u64, u32>, a: u64, b: u64, up: bool) -> u64 {
-    let at = |c: &BTreeMap<u64, u32>, x: u64| c.range(..=x).next_back().map_or(0, |(_, v)| *v);
     for x in [a, b] {
-        let v = at(cover, x);
-        cover.entry(x).or_insert(v);
+        if !cover.contains_key(&x) {
+            let v = cover.range(..x).next_back().map_or(0, |(_, v)| *v);
+            cover.insert(x, v);
+        }
     }
-    let keys: Vec<u64> = cover.range(a..b).map(|(k, _)| *k).collect();
     let mut crossed = 0;
-    for (i, k) in keys.iter().enumerate() {
-        let end = keys.get(i + 1).copied().unwrap_or(b);
-        let v = cover.get_mut(k).expect("key from the map");
+    let mut steps = cover.range_mut(a..b).peekable();
+    while let Some((&k, v)) = steps.next() {
+        let end = steps.peek().map_or(b, |(next, _)| **next);
         if up {
             crossed += if *v == 0 { end - k } else { 0 };
             *v += 1;
@@ -282,12 +309,12 @@ fn cover_add(cover: &mut BTreeMap<u64, u32>, a: u64, b: u64, up: bool) -> u64 {
             crossed += if *v == 0 { end - k } else { 0 };
         }
     }
-    // Drop breakpoints that no longer change the count.
-    let edges: Vec<u64> = cover.range(a..=b).map(|(k, _)| *k).collect();
-    for k in edges {
-        let before = cover.range(..k).next_back().map_or(0, |(_, v)| *v);
-        if cover[&k] == before {
-            cover.remove(&k);
+    // Drop breakpoints that no longer change the count: only those at `a`
+    // and `b` can have become so, every count between moved by one alike.
+    for x in [a, b] {
+        let before = cover.range(..x).next_back().map_or(0, |(_, v)| *v);
+        if cover.get(&x) == Some(&before) {
+            cover.remove(&x);
         }
     }
     crossed
@@ -312,9 +339,37 @@ pub struct Partition {
     coalesced: u64,
     console: Vec<u8>,
     exit: Option<u32>,
+    /// Heap footprint charged for this partition at the last settle.
+    heap: usize,
 }
 
+/// What one area can cost in the heap: its entry, a hole, and two
+/// breakpoints in a pin cover.
+const AREA_HEAP: usize = heap::btree_entry::<u64, Area>() + heap::btree_entry::<u64, u64>() + 2 * heap::btree_entry::<u64, u32>();
+/// What a pin cover costs besides its areas' breakpoints.
+const COVER_HEAP: usize = 2 * heap::btree_node::<u64, u32>() + 2 * heap::btree_entry::<u64, u32>();
+/// What an HWPT costs in the heap: its object, its entry, its domain tag.
+const HWPT_HEAP: usize = heap::btree_entry::<u32, Kind>() + heap::btree_entry::<u32, Hwpt>() + heap::btree_entry::<u32, ()>();
+/// The console buffer at its largest, and while it grows to that.
+const CONSOLE_HEAP: usize = 2 * heap::block(crate::hypercall::CONSOLE_BUFFER);
+
 impl Partition {
+    /// The most heap this partition's state can occupy (see
+    /// [`crate::heap`]); the domain tags of its HWPTs are the units'.
+    fn heap_footprint(&self) -> usize {
+        let areas = self.areas as usize;
+        heap::btree::<u32, Kind>(self.objects.len())
+            + heap::btree::<u32, ()>(self.objects.spare())
+            + heap::btree::<u32, Ioas>(self.ioas.len())
+            + heap::btree::<u32, Hwpt>(self.hwpts.len())
+            + heap::vec::<PinSet>(self.pins.sets.capacity())
+            + heap::vec::<u32>(self.pins.free.capacity())
+            + self.pins.covered as usize * COVER_HEAP
+            + areas * 2 * heap::btree_entry::<u64, u32>()
+            + CONSOLE_HEAP
+            + self.ioas.values().map(Ioas::heap).sum::<usize>()
+    }
+
     /// Name.
     #[must_use]
     pub fn name(&self) -> &str {
@@ -366,7 +421,28 @@ impl Partition {
     /// rest is dropped until the platform takes the buffer).
     pub fn console_push(&mut self, bytes: &[u8], cap: usize) {
         let room = cap.saturating_sub(self.console.len());
-        self.console.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let n = bytes.len().min(room);
+        let len = self.console.len();
+        if len + n > self.console.capacity() {
+            // Doubling, but never past `cap`: the buffer stays within the
+            // heap its partition was charged for.
+            let want = (self.console.capacity() * 2).max(len + n).max(64).min(cap);
+            self.console.reserve_exact(want - len);
+        }
+        self.console.extend_from_slice(&bytes[..n]);
+    }
+
+    /// Its devices as (object id, global device index), by id.
+    pub fn device_objects(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        self.objects.iter().filter_map(|(id, k)| match k {
+            Kind::Device(d) => Some((id, *d)),
+            _ => None,
+        })
+    }
+
+    /// The fault records queued, oldest first.
+    pub fn queued_faults(&self) -> impl Iterator<Item = FaultRecord> + '_ {
+        self.faults.iter().copied()
     }
 
     fn ioas_mut(&mut self, id: u32) -> Result<&mut Ioas, Errno> {
@@ -391,10 +467,30 @@ struct Pins {
     /// given back.
     stuck: u64,
     sets: Vec<PinSet>,
+    /// Free slots of `sets`. Its capacity is kept at least that of `sets`,
+    /// so that releasing a set never allocates.
     free: Vec<u32>,
+    /// Sets with a cover map.
+    covered: u64,
 }
 
 impl Pins {
+    /// The slot the next [`Self::add`] uses.
+    fn next_id(&self) -> u32 {
+        self.free.last().copied().unwrap_or(self.sets.len() as u32)
+    }
+
+    /// The heap the next [`Self::add`] may allocate: the slab and its free
+    /// list, grown together, while the old ones are still live.
+    fn add_heap(&self) -> usize {
+        if self.free.is_empty() && self.sets.len() == self.sets.capacity() {
+            let c = heap::grown(self.sets.capacity());
+            heap::vec::<PinSet>(c) + heap::vec::<u32>(c)
+        } else {
+            0
+        }
+    }
+
     fn add(&mut self, gpa: u64, pages: u64, writable: bool) -> u32 {
         let set = PinSet { gpa, live: pages, refs: 1, writable, cover: None };
         self.pinned += pages;
@@ -402,6 +498,10 @@ impl Pins {
             self.sets[i as usize] = set;
             i
         } else {
+            if self.sets.len() == self.sets.capacity() {
+                self.sets.reserve_exact(heap::grown(self.sets.capacity()) - self.sets.len());
+                self.free.reserve_exact(self.sets.capacity() - self.free.len());
+            }
             self.sets.push(set);
             (self.sets.len() - 1) as u32
         }
@@ -420,6 +520,9 @@ impl Pins {
         let set = &mut self.sets[pin as usize];
         let (a, b) = Self::span(set, gpa, len);
         let total = set.live;
+        if set.cover.is_none() {
+            self.covered += 1;
+        }
         let cover = set.cover.get_or_insert_with(|| BTreeMap::from([(0, 1), (total, 0)]));
         let crossed = cover_add(cover, a, b, true);
         debug_assert_eq!(crossed, 0, "a COPY covers pinned pages only");
@@ -445,12 +548,19 @@ impl Pins {
         }
         if set.refs == 0 {
             debug_assert_eq!(set.live, 0);
-            set.cover = None;
+            if set.cover.take().is_some() {
+                self.covered -= 1;
+            }
             if pin as usize == self.sets.len() - 1 {
                 // Keep the slab as it was before the set was made.
                 self.sets.pop();
             } else {
                 self.free.push(pin);
+            }
+            if self.free.len() == self.sets.len() {
+                // No set is left: give the slab's heap back (freeing only).
+                self.sets = Vec::new();
+                self.free = Vec::new();
             }
         }
     }
@@ -473,6 +583,22 @@ pub struct Hypervisor<U, M, R> {
     by_rid: BTreeMap<(usize, u32), usize>,
     stray_faults: u64,
     iommu_failures: u64,
+    budget: Budget,
+    /// Heap footprint of the units' tag tables at the last settle.
+    heap_units: usize,
+    /// Granted to the command running now, not yet settled.
+    heap_pending: usize,
+    /// Commands whose footprint outgrew what they were granted (a bug).
+    heap_overruns: u64,
+}
+
+/// The platform's [`HeapBudget`].
+struct Budget(Box<dyn HeapBudget + Send>);
+
+impl core::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("HeapBudget")
+    }
 }
 
 /// The parts of the machine a simulator or driver glue needs at once.
@@ -503,7 +629,7 @@ fn flush_gather<U: Iommu, M: TableMemory>(unit: &mut U, mem: &mut M, tag: u32, m
     if gather.is_empty() {
         return Ok(());
     }
-    let flush = Flush { tag, range: gather.range(), leaf_levels: gather.leaf_levels(), tables: !gather.freed_tables().is_empty() };
+    let flush = Flush { tag, range: gather.range(), leaf_levels: gather.leaf_levels(), tables: gather.freed_count() != 0 };
     match unit.flush(&flush) {
         Ok(()) => {
             gather.release(mem);
@@ -511,6 +637,26 @@ fn flush_gather<U: Iommu, M: TableMemory>(unit: &mut U, mem: &mut M, tag: u32, m
         }
         Err(_) => Err(Errno::EIO),
     }
+}
+
+/// The pieces of the contiguous run of areas of `src` covering `want`, as
+/// (source IOVA, length, gpa, pin set); `Err(ENOENT)` at the first byte no
+/// area covers.
+fn copy_pieces(src: &Ioas, want: Range) -> impl Iterator<Item = Result<(u64, u64, u64, u32), Errno>> + '_ {
+    let later = (core::ops::Bound::Excluded(want.start), core::ops::Bound::Included(want.last));
+    let mut areas = src.areas.range(..=want.start).next_back().into_iter().chain(src.areas.range(later));
+    let mut cur = Some(want.start);
+    core::iter::from_fn(move || {
+        let c = cur?;
+        let covering = areas.next().filter(|(s, a)| **s <= c && a.last >= c);
+        let Some((&s, a)) = covering else {
+            cur = None;
+            return Some(Err(Errno::ENOENT));
+        };
+        let last = a.last.min(want.last);
+        cur = if last == want.last { None } else { Some(last + 1) };
+        Some(Ok((c, last - c + 1, a.gpa + (c - s), a.pin)))
+    })
 }
 
 /// Map `[iova, iova + len)` to the partition memory at `gpa` in `table`.
@@ -536,14 +682,102 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
     /// else yet.
     pub fn new(units: Vec<U>, mem: M, ram: R) -> Self {
         let tags = units.iter().map(|u| Tags(ObjectTable::new(u.info().max_domains))).collect();
-        Self { units, tags, mem, ram, partitions: Vec::new(), devices: Vec::new(), by_rid: BTreeMap::new(), stray_faults: 0, iommu_failures: 0 }
+        let mut hv = Self {
+            units,
+            tags,
+            mem,
+            ram,
+            partitions: Vec::new(),
+            devices: Vec::new(),
+            by_rid: BTreeMap::new(),
+            stray_faults: 0,
+            iommu_failures: 0,
+            budget: Budget(Box::new(Unlimited)),
+            heap_units: 0,
+            heap_pending: 0,
+            heap_overruns: 0,
+        };
+        hv.heap_units = hv.units_heap();
+        hv
     }
 
     /// Add an IOMMU unit; returns its index.
     pub fn add_unit(&mut self, unit: U) -> usize {
         self.tags.push(Tags(ObjectTable::new(unit.info().max_domains)));
         self.units.push(unit);
+        self.settle_config(None);
         self.units.len() - 1
+    }
+
+    /// Hand the heap budget to the platform's (see [`crate::heap`]): it is
+    /// charged with everything the core holds now, and from then on with
+    /// every command that makes the state grow.
+    pub fn set_heap_budget(&mut self, budget: Box<dyn HeapBudget + Send>) {
+        self.budget = Budget(budget);
+        let total = self.heap_charged();
+        let _ = self.budget.0.charge(total, HeapUse::Config);
+    }
+
+    /// The heap charged to the budget: the worst-case footprint of the
+    /// core's state (see [`crate::heap`]).
+    #[must_use]
+    pub fn heap_charged(&self) -> usize {
+        self.heap_units + self.partitions.iter().map(|p| p.heap).sum::<usize>()
+    }
+
+    /// Worst-case heap of the units' domain-tag tables.
+    fn units_heap(&self) -> usize {
+        self.tags.iter().map(|t| heap::btree::<u32, ()>(t.0.len()) + heap::btree::<u32, ()>(t.0.spare())).sum()
+    }
+
+    /// Ask the budget for `bytes` the running command may allocate before
+    /// it returns; ENOMEM, with nothing taken, when refused.
+    pub(crate) fn grant(&mut self, bytes: usize) -> Result<(), Errno> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        if !self.budget.0.charge(bytes, HeapUse::Grow) {
+            return Err(Errno::ENOMEM);
+        }
+        self.heap_pending += bytes;
+        Ok(())
+    }
+
+    /// A command of partition `p` is done: recompute the footprint and give
+    /// back what was granted beyond it. A footprint above the grant is a
+    /// bug: it is counted (see [`Self::check_invariants`]) and charged.
+    pub(crate) fn settle(&mut self, p: usize) {
+        let part = self.partitions[p].heap_footprint();
+        let units = self.units_heap();
+        let old = self.partitions[p].heap + self.heap_units + self.heap_pending;
+        self.partitions[p].heap = part;
+        self.heap_units = units;
+        self.heap_pending = 0;
+        let new = part + units;
+        if new <= old {
+            self.budget.0.uncharge(old - new);
+        } else {
+            self.heap_overruns += 1;
+            let _ = self.budget.0.charge(new - old, HeapUse::Config);
+        }
+    }
+
+    /// Settle after a configuration change (of partition `p`, if any).
+    fn settle_config(&mut self, p: Option<usize>) {
+        let mut old = self.heap_units;
+        let mut new = self.units_heap();
+        self.heap_units = new;
+        if let Some(p) = p {
+            old += self.partitions[p].heap;
+            let part = self.partitions[p].heap_footprint();
+            self.partitions[p].heap = part;
+            new += part;
+        }
+        if new > old {
+            let _ = self.budget.0.charge(new - old, HeapUse::Config);
+        } else {
+            self.budget.0.uncharge(old - new);
+        }
     }
 
     /// Add a partition; returns its index.
@@ -568,13 +802,17 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             max_areas: cfg.max_areas,
             areas: 0,
             pins: Pins::default(),
-            faults: VecDeque::new(),
+            // Full size now: queuing a fault never allocates.
+            faults: VecDeque::with_capacity(FAULT_QUEUE),
             lost: 0,
             coalesced: 0,
             console: Vec::new(),
             exit: None,
+            heap: 0,
         });
-        Ok(self.partitions.len() - 1)
+        let p = self.partitions.len() - 1;
+        self.settle_config(Some(p));
+        Ok(p)
     }
 
     /// Add a device, blocked; returns its object id in its partition.
@@ -606,6 +844,7 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             attached: None,
         });
         self.by_rid.insert((cfg.unit, cfg.rid), index);
+        self.settle_config(Some(cfg.partition));
         Ok(id)
     }
 
@@ -714,8 +953,14 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
 
     // ----- operations, in the order of ABI.md -----
 
-    /// DESTROY.
+    /// DESTROY. Allocates nothing beyond the footprint already charged.
     pub fn destroy(&mut self, p: usize, id: u32) -> Result<(), Errno> {
+        let r = self.destroy_inner(p, id);
+        self.settle(p);
+        r
+    }
+
+    fn destroy_inner(&mut self, p: usize, id: u32) -> Result<(), Errno> {
         let part = &mut self.partitions[p];
         match part.objects.get(id).copied() {
             None => Err(Errno::ENOENT),
@@ -738,15 +983,27 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
 
     /// IOAS_ALLOC.
     pub fn ioas_alloc(&mut self, p: usize) -> Result<u32, Errno> {
+        // Its object, its entry, and an empty IOAS (one hole).
+        let need = heap::btree_entry::<u32, Kind>() + heap::btree_entry::<u32, Ioas>() + heap::btree::<u64, Area>(0) + heap::btree::<u64, u64>(1);
+        self.grant(need)?;
         let part = &mut self.partitions[p];
-        let id = part.objects.insert(Kind::Ioas).ok_or(Errno::ENOMEM)?;
-        part.ioas.insert(id, Ioas::new());
-        Ok(id)
+        let r = part.objects.insert(Kind::Ioas).ok_or(Errno::ENOMEM).inspect(|id| {
+            part.ioas.insert(*id, Ioas::new());
+        });
+        self.settle(p);
+        r
     }
 
     /// IOAS_ALLOW_IOVAS with the list already read and checked for
-    /// malformed and overlapping ranges.
-    pub fn ioas_set_allowed(&mut self, p: usize, ioas: u32, mut list: Vec<Range>) -> Result<(), Errno> {
+    /// malformed and overlapping ranges. The list becomes the IOAS's: the
+    /// caller has its heap granted (the decoder does).
+    pub fn ioas_set_allowed(&mut self, p: usize, ioas: u32, list: Vec<Range>) -> Result<(), Errno> {
+        let r = self.set_allowed_inner(p, ioas, list);
+        self.settle(p);
+        r
+    }
+
+    fn set_allowed_inner(&mut self, p: usize, ioas: u32, mut list: Vec<Range>) -> Result<(), Errno> {
         let part = &mut self.partitions[p];
         let others: usize = part.ioas.iter().filter(|(id, _)| **id != ioas).map(|(_, i)| i.allowed.len()).sum();
         let ioas = part.ioas_mut(ioas)?;
@@ -764,6 +1021,12 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
     /// IOAS_MAP after the decoder's flag checks. `iova`: `Some` for
     /// FIXED_IOVA.
     pub fn ioas_map(&mut self, p: usize, ioas_id: u32, gpa: u64, length: u64, iova: Option<u64>, perm: Perm) -> Result<u64, Errno> {
+        let r = self.map_inner(p, ioas_id, gpa, length, iova, perm);
+        self.settle(p);
+        r
+    }
+
+    fn map_inner(&mut self, p: usize, ioas_id: u32, gpa: u64, length: u64, iova: Option<u64>, perm: Perm) -> Result<u64, Errno> {
         let part = &mut self.partitions[p];
         let ioas = part.ioas.get(&ioas_id).ok_or(Errno::ENOENT)?;
         gpa.checked_add(length).ok_or(Errno::EOVERFLOW)?;
@@ -784,13 +1047,29 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         if part.pins.pinned.checked_add(pages).is_none_or(|n| n > part.pin_limit) {
             return Err(Errno::ENOMEM);
         }
-        let pin = part.pins.add(gpa, pages, perm.contains(Perm::WRITE));
+        // The heap: the area (its entry, a hole, cover breakpoints) and
+        // the pin slab's growth. The pin set is made once the area is in.
+        let pin = part.pins.next_id();
+        let need = AREA_HEAP + part.pins.add_heap();
+        self.grant(need)?;
         let area = Area { last: range.last, gpa, perm, pin };
-        if let Err(e) = self.insert_areas(p, ioas_id, &[(range.start, area)]) {
-            self.partitions[p].pins.unref(pin, gpa, length, e != Errno::EIO);
-            return Err(e);
+        let res = self.insert_areas(p, ioas_id, &[(range.start, area)]);
+        let pins = &mut self.partitions[p].pins;
+        match res {
+            Ok(()) => {
+                let got = pins.add(gpa, pages, perm.contains(Perm::WRITE));
+                debug_assert_eq!(got, pin);
+                Ok(range.start)
+            }
+            Err(Errno::EIO) => {
+                // The rollback's invalidation failed: a unit may still
+                // reach these pages, so they stay pinned for good.
+                pins.pinned += pages;
+                pins.stuck += pages;
+                Err(Errno::EIO)
+            }
+            Err(e) => Err(e),
         }
-        Ok(range.start)
     }
 
     /// Put `areas` (free, checked) into an IOAS and every HWPT of it; on
@@ -858,9 +1137,12 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         Ok(())
     }
 
-    /// Remove whole areas (by first IOVA) from an IOAS and its HWPTs,
-    /// invalidate, then release pins. Returns the bytes removed.
-    fn remove_areas(&mut self, p: usize, ioas_id: u32, starts: &[u64]) -> u64 {
+    /// Remove the `count` areas whose first IOVAs are in `[from, to]` from
+    /// an IOAS and its HWPTs, invalidate, then release pins. Returns the
+    /// bytes removed. Allocates nothing beyond the charged footprint: the
+    /// areas are walked in the tree, and given back to the hole map in
+    /// ascending order (one insert at most).
+    fn remove_areas(&mut self, p: usize, ioas_id: u32, from: u64, to: u64, count: usize) -> u64 {
         let Self { units, mem, partitions, iommu_failures, .. } = self;
         let part = &mut partitions[p];
         let ioas = part.ioas.get_mut(&ioas_id).expect("caller looked it up");
@@ -868,9 +1150,8 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         for &h in &ioas.hwpts {
             let hw = part.hwpts.get_mut(&h).expect("IOAS lists live HWPTs");
             let mut gather = Gather::new();
-            for start in starts {
-                let last = ioas.areas[start].last;
-                let res = hw.table.unmap(mem, Iova(*start), last - start + 1, &mut gather);
+            for (start, area) in ioas.areas.range(from..=to) {
+                let res = hw.table.unmap(mem, Iova(*start), area.last - start + 1, &mut gather);
                 debug_assert!(res.is_ok(), "areas are whole in every HWPT");
             }
             if flush_gather(&mut units[hw.unit], mem, hw.tag, gather).is_err() {
@@ -879,13 +1160,13 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             }
         }
         let mut bytes = 0;
-        for start in starts {
-            let area = ioas.areas.remove(start).expect("caller found it");
-            ioas.free.give(Range { start: *start, last: area.last });
+        while let Some((&start, _)) = ioas.areas.range(from..=to).next() {
+            let area = ioas.areas.remove(&start).expect("just found");
+            ioas.free.give(Range { start, last: area.last });
             bytes += area.last - start + 1;
             part.pins.unref(area.pin, area.gpa, area.last - start + 1, flushed);
         }
-        part.areas -= starts.len() as u64;
+        part.areas -= count as u64;
         // A failed invalidation leaves the pages pinned and the tables
         // allocated for good (the unit may still use them); the areas are
         // gone all the same, so UNMAP reports them.
@@ -895,6 +1176,12 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
     /// IOAS_UNMAP. On `Err(ENOENT)` areas before the first one that was
     /// not wholly inside the range may be gone (iommufd's partial case).
     pub fn ioas_unmap(&mut self, p: usize, ioas_id: u32, iova: u64, length: u64) -> Result<u64, Errno> {
+        let r = self.unmap_inner(p, ioas_id, iova, length);
+        self.settle(p);
+        r
+    }
+
+    fn unmap_inner(&mut self, p: usize, ioas_id: u32, iova: u64, length: u64) -> Result<u64, Errno> {
         let ioas = self.partitions[p].ioas.get(&ioas_id).ok_or(Errno::ENOENT)?;
         let all = iova == 0 && length == u64::MAX;
         let range = if all {
@@ -908,29 +1195,24 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             }
             Range::with_len(iova, length).ok_or(Errno::EOVERFLOW)?
         };
-        // The common single-area unmap needs no allocation.
-        let mut one = [0u64; 1];
-        let mut victims = Vec::new();
+        // The run of whole areas from the first one touching the range up
+        // to the first that sticks out of it.
         let mut count = 0usize;
         let mut partial = false;
+        let mut to = None;
         let first = ioas.areas.range(..=range.start).next_back().filter(|(_, a)| a.last >= range.start).map_or(range.start, |(s, _)| *s);
         for (&s, a) in ioas.areas.range(first..=range.last) {
             if s < range.start || a.last > range.last {
                 partial = true;
                 break;
             }
-            if count == 0 {
-                one[0] = s;
-            } else {
-                if count == 1 {
-                    victims.push(one[0]);
-                }
-                victims.push(s);
-            }
+            to = Some(s);
             count += 1;
         }
-        let starts: &[u64] = if count == 1 { &one } else { &victims };
-        let bytes = if count == 0 { 0 } else { self.remove_areas(p, ioas_id, starts) };
+        let bytes = match to {
+            Some(to) => self.remove_areas(p, ioas_id, first, to, count),
+            None => 0,
+        };
         if partial || (count == 0 && !all) { Err(Errno::ENOENT) } else { Ok(bytes) }
     }
 
@@ -938,28 +1220,28 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
     /// IOVA.
     #[allow(clippy::too_many_arguments)]
     pub fn ioas_copy(&mut self, p: usize, dst_id: u32, src_id: u32, length: u64, dst_iova: Option<u64>, src_iova: u64, perm: Perm) -> Result<u64, Errno> {
-        let part = &mut self.partitions[p];
+        let r = self.copy_inner(p, dst_id, src_id, length, dst_iova, src_iova, perm);
+        self.settle(p);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_inner(&mut self, p: usize, dst_id: u32, src_id: u32, length: u64, dst_iova: Option<u64>, src_iova: u64, perm: Perm) -> Result<u64, Errno> {
+        let part = &self.partitions[p];
         let src = part.ioas.get(&src_id).ok_or(Errno::ENOENT)?;
         if length == 0 {
             return Err(Errno::EINVAL);
         }
         let want = Range::with_len(src_iova, length).ok_or(Errno::EOVERFLOW)?;
-        // The contiguous run of areas covering the source range.
-        let mut pieces: Vec<(u64, u64, u64, u32)> = Vec::new(); // (src iova, len, gpa, pin)
-        let mut cur = want.start;
-        let later = (core::ops::Bound::Excluded(want.start), core::ops::Bound::Included(want.last));
-        let mut areas = src.areas.range(..=want.start).next_back().into_iter().chain(src.areas.range(later));
-        loop {
-            let Some((&s, a)) = areas.next() else { return Err(Errno::ENOENT) };
-            if s > cur || a.last < cur {
-                return Err(Errno::ENOENT);
+        // The contiguous run of areas covering the source range, walked
+        // (without allocating) once to check it and count its pieces.
+        let (mut pieces, mut first_gpa) = (0usize, 0u64);
+        for piece in copy_pieces(src, want) {
+            let (_, _, gpa, _) = piece?;
+            if pieces == 0 {
+                first_gpa = gpa;
             }
-            let last = a.last.min(want.last);
-            pieces.push((cur, last - cur + 1, a.gpa + (cur - s), a.pin));
-            if last == want.last {
-                break;
-            }
-            cur = last + 1;
+            pieces += 1;
         }
         let dst = part.ioas.get(&dst_id).ok_or(Errno::ENOENT)?;
         if length % PAGE_SIZE != 0 {
@@ -967,28 +1249,36 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         }
         let range = match dst_iova {
             Some(iova) => dst.check_fixed(iova, length)?,
-            None => dst.allocate(length, pieces[0].2, true)?,
+            None => dst.allocate(length, first_gpa, true)?,
         };
-        let mut new = Vec::with_capacity(pieces.len());
-        let mut iova = range.start;
-        for &(_, len, gpa, pin) in &pieces {
-            if perm.contains(Perm::WRITE) && !part.pins.sets[pin as usize].writable {
+        let mut fresh_covers = 0;
+        for piece in copy_pieces(src, want) {
+            let (_, _, gpa, pin) = piece?;
+            let set = &part.pins.sets[pin as usize];
+            if perm.contains(Perm::WRITE) && !set.writable {
                 return Err(Errno::EPERM);
             }
             if gpa % PAGE_SIZE != 0 {
                 return Err(Errno::EINVAL);
             }
+            fresh_covers += usize::from(set.cover.is_none());
+        }
+        // The heap: each new area, a cover for each pin set that has none
+        // yet, and the list of new areas.
+        self.grant(pieces * AREA_HEAP + fresh_covers * COVER_HEAP + heap::vec::<(u64, Area)>(pieces))?;
+        let src = &self.partitions[p].ioas[&src_id];
+        let mut new = Vec::with_capacity(pieces);
+        let mut iova = range.start;
+        for piece in copy_pieces(src, want) {
+            let (_, len, gpa, pin) = piece?;
             new.push((iova, Area { last: iova + (len - 1), gpa, perm, pin }));
             iova = iova.wrapping_add(len);
         }
+        self.insert_areas(p, dst_id, &new)?;
+        // The new areas share the source's pins (nothing is counted).
+        let pins = &mut self.partitions[p].pins;
         for (s, a) in &new {
-            part.pins.share(a.pin, a.gpa, a.last - s + 1);
-        }
-        if let Err(e) = self.insert_areas(p, dst_id, &new) {
-            for (s, a) in &new {
-                self.partitions[p].pins.unref(a.pin, a.gpa, a.last - s + 1, e != Errno::EIO);
-            }
-            return Err(e);
+            pins.share(a.pin, a.gpa, a.last - s + 1);
         }
         Ok(range.start)
     }
@@ -1025,6 +1315,12 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
 
     /// DEVICE_ATTACH: returns the HWPT id.
     pub fn attach(&mut self, p: usize, dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
+        let r = self.attach_inner(p, dev_id, pt_id);
+        self.settle(p);
+        r
+    }
+
+    fn attach_inner(&mut self, p: usize, dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
         let d = self.partitions[p].device(dev_id)?;
         let (unit, rid, old) = (self.devices[d].unit, self.devices[d].rid, self.devices[d].attached);
         let part = &self.partitions[p];
@@ -1054,6 +1350,25 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
                 }
             }
         }
+        // The heap: a new HWPT and its place in the IOAS's list; the
+        // device's reserved ranges and room to merge them.
+        let mut need = 0;
+        if reuse.is_none() {
+            need += HWPT_HEAP;
+            if ioas.hwpts.len() == ioas.hwpts.capacity() {
+                need += heap::vec::<u32>(heap::grown(ioas.hwpts.capacity()));
+            }
+        }
+        if moving {
+            let n = ioas.reserved.len() + self.devices[d].regions.len();
+            if n > ioas.reserved.capacity() {
+                need += heap::vec::<(Range, Owner)>(n);
+            }
+            if n > ioas.merged.capacity() {
+                need += heap::vec::<Range>(n);
+            }
+        }
+        self.grant(need)?;
         let (hwpt_id, created) = match reuse {
             Some(h) => (h, false),
             None => (self.new_hwpt(p, ioas_id, unit)?, true),
@@ -1074,8 +1389,13 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         if moving {
             let regions = &self.devices[d].regions;
             let ioas = part.ioas.get_mut(&ioas_id).expect("live");
+            ioas.reserved.reserve_exact(regions.len());
             for r in regions {
                 ioas.reserved.add(r.range, Owner::Device(d as u32));
+            }
+            let n = ioas.reserved.len();
+            if ioas.merged.capacity() < n {
+                ioas.merged.reserve_exact(n - ioas.merged.len());
             }
             ioas.remerge();
             if let Some(o) = old_ioas {
@@ -1092,8 +1412,14 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         Ok(hwpt_id)
     }
 
-    /// DEVICE_DETACH.
+    /// DEVICE_DETACH. Allocates nothing beyond the charged footprint.
     pub fn detach(&mut self, p: usize, dev_id: u32) -> Result<(), Errno> {
+        let r = self.detach_inner(p, dev_id);
+        self.settle(p);
+        r
+    }
+
+    fn detach_inner(&mut self, p: usize, dev_id: u32) -> Result<(), Errno> {
         let d = self.partitions[p].device(dev_id)?;
         let Some(h) = self.devices[d].attached else { return Ok(()) };
         let dev = &self.devices[d];
@@ -1192,6 +1518,53 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         (records, core::mem::take(&mut part.lost))
     }
 
+    /// Drop the `n` oldest fault records queued for partition `p` (FAULT_READ
+    /// wrote them out); returns the count of records lost since the last
+    /// read.
+    pub(crate) fn consume_faults(&mut self, p: usize, n: usize) -> u64 {
+        let part = &mut self.partitions[p];
+        let n = n.min(part.faults.len());
+        part.faults.drain(..n);
+        core::mem::take(&mut part.lost)
+    }
+
+    /// Write, one by one at `gpa`, at most `max` of the items `items`
+    /// makes from partition `p`'s state and the devices, without
+    /// collecting them; returns how many it wrote. EFAULT at the first
+    /// that is not the partition's RAM (earlier ones stay written).
+    pub(crate) fn write_from<'s, T, I>(&'s mut self, p: usize, gpa: u64, max: usize, items: impl FnOnce(&'s Partition, &'s [Device]) -> I) -> Result<usize, Errno>
+    where
+        T: zerocopy::IntoBytes + zerocopy::Immutable,
+        I: Iterator<Item = T>,
+    {
+        let Self { ram, partitions, devices, .. } = self;
+        let (partitions, devices): (&'s Vec<Partition>, &'s Vec<Device>) = (partitions, devices);
+        let part = &partitions[p];
+        let mut n = 0;
+        for (i, item) in items(part, devices).take(max).enumerate() {
+            let at = (i as u64).checked_mul(size_of::<T>() as u64).and_then(|o| gpa.checked_add(o)).ok_or(Errno::EFAULT)?;
+            let data = item.as_bytes();
+            let mut off = 0usize;
+            part.memmap
+                .for_each_segment(Gpa(at), data.len() as u64, |seg| {
+                    let k = seg.len as usize;
+                    ram.write(seg.hpa, &data[off..off + k]);
+                    off += k;
+                })
+                .ok_or(Errno::EFAULT)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Settle what the decoder was granted for a command that did not
+    /// settle itself (ALLOW_IOVAS' scratch on an error).
+    pub(crate) fn settle_pending(&mut self, p: usize) {
+        if self.heap_pending != 0 {
+            self.settle(p);
+        }
+    }
+
     /// Poll the units, then count the fault records waiting for
     /// partition `p`.
     pub fn pending_faults(&mut self, p: usize) -> usize {
@@ -1201,9 +1574,83 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
 
     /// Check every invariant the core promises; `Err` describes the first
     /// violation. Costs a walk of every table: for tests and hvsim.
+    ///
+    /// - every HWPT translates exactly its IOAS's areas, each to the
+    ///   partition memory behind it, with its permission;
+    /// - no leaf reaches another partition's RAM or a table page;
+    /// - every table page of every HWPT is allocated (none was freed while
+    ///   still linked) and belongs to one HWPT only; with no failed
+    ///   invalidation, the table memory holds exactly those pages and the
+    ///   units exactly the HWPTs' domain tags;
+    /// - pins balance: each pin set's references are its areas and its
+    ///   pages their union; the pinned count is the sets' plus the stuck;
+    /// - objects, IOASes, HWPTs and devices agree with each other;
+    /// - the heap charged is the footprint of the state (see
+    ///   [`crate::heap`]) and no command outgrew its grant.
     pub fn check_invariants(&self) -> Result<(), String> {
+        if self.heap_overruns != 0 || self.heap_pending != 0 {
+            return Err(format!("heap: {} commands outgrew their grant, {} bytes unsettled", self.heap_overruns, self.heap_pending));
+        }
+        if self.heap_units != self.units_heap() {
+            return Err(format!("heap: units charged {}, their footprint is {}", self.heap_units, self.units_heap()));
+        }
+        // Every table page of every HWPT, with its owner.
+        let mut tables: BTreeMap<u64, (usize, u32)> = BTreeMap::new();
+        let mut tags: BTreeMap<(usize, u32), u32> = BTreeMap::new();
+        for (pi, part) in self.partitions.iter().enumerate() {
+            for (&h, hw) in &part.hwpts {
+                let mut bad = None;
+                hw.table.for_each_table(&self.mem, |_, t| {
+                    if bad.is_none() && self.mem.is_allocated(t) == Some(false) {
+                        bad = Some(format!("{}: HWPT {h} links table {:#x}, which is free", part.name, t.raw()));
+                    }
+                    if let Some((op, oh)) = tables.insert(t.raw(), (pi, h)) {
+                        if bad.is_none() {
+                            bad = Some(format!("{}: HWPT {h} shares table {:#x} with HWPT {oh} of partition {op}", part.name, t.raw()));
+                        }
+                    }
+                });
+                if let Some(b) = bad {
+                    return Err(b);
+                }
+                if self.tags[hw.unit].0.get(hw.tag).is_none() {
+                    return Err(format!("{}: HWPT {h} uses tag {} that unit {} does not hold", part.name, hw.tag, hw.unit));
+                }
+                if tags.insert((hw.unit, hw.tag), h).is_some() {
+                    return Err(format!("{}: HWPT {h} shares tag {} on unit {}", part.name, hw.tag, hw.unit));
+                }
+            }
+        }
+        if self.iommu_failures == 0 {
+            if let Some(n) = self.mem.allocated().filter(|n| *n != tables.len()) {
+                return Err(format!("{n} table pages allocated, the HWPTs link {}", tables.len()));
+            }
+            for (u, t) in self.tags.iter().enumerate() {
+                let used = tags.keys().filter(|(tu, _)| *tu == u).count();
+                if t.0.len() != used {
+                    return Err(format!("unit {u} holds {} domain tags, {used} HWPTs use them", t.0.len()));
+                }
+            }
+        }
         for (pi, part) in self.partitions.iter().enumerate() {
             let name = &part.name;
+            if part.heap != part.heap_footprint() {
+                return Err(format!("{name}: heap charged {}, its footprint is {}", part.heap, part.heap_footprint()));
+            }
+            let areas: usize = part.ioas.values().map(|i| i.areas.len()).sum();
+            if part.areas != areas as u64 {
+                return Err(format!("{name}: counts {} areas, its IOASes hold {areas}", part.areas));
+            }
+            for (id, kind) in part.objects.iter() {
+                let ok = match kind {
+                    Kind::Ioas => part.ioas.contains_key(&id),
+                    Kind::Hwpt => part.hwpts.contains_key(&id),
+                    Kind::Device(d) => self.devices.get(*d).is_some_and(|dev| dev.partition == pi && dev.id == id),
+                };
+                if !ok {
+                    return Err(format!("{name}: object {id} ({kind:?}) has no state behind it"));
+                }
+            }
             // Pins balance: each pin set's references are its areas, and
             // its live pages are the union of the pages they cover.
             let mut users: Vec<Vec<(u64, u64)>> = alloc::vec![Vec::new(); part.pins.sets.len()];
@@ -1263,7 +1710,7 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
                     if hw.ioas != id {
                         return Err(format!("{name}: HWPT {h} belongs to IOAS {}, listed by {id}", hw.ioas));
                     }
-                    self.check_hwpt_translates(pi, *h, hw, ioas)?;
+                    self.check_hwpt_translates(pi, *h, hw, ioas, &tables)?;
                 }
             }
             for (&h, hw) in &part.hwpts {
@@ -1278,6 +1725,11 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         }
         for dev in &self.devices {
             let part = &self.partitions[dev.partition];
+            if let Some(h) = dev.attached {
+                if part.hwpts.get(&h).is_none_or(|hw| hw.unit != dev.unit) {
+                    return Err(format!("{}: device {} attached to HWPT {h}, not one of its partition on its unit", part.name, dev.id));
+                }
+            }
             for (&id, ioas) in &part.ioas {
                 let attached_here = dev.attached.is_some_and(|h| part.hwpts.get(&h).is_some_and(|hw| hw.ioas == id));
                 let has = dev.regions.iter().all(|r| ioas.reserved.intersects(&r.range));
@@ -1291,7 +1743,7 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
 
     /// Every leaf of `hw` lies in an area and maps that area's memory with
     /// its permission, and the leaves cover every area byte.
-    fn check_hwpt_translates(&self, pi: usize, h: u32, hw: &Hwpt, ioas: &Ioas) -> Result<(), String> {
+    fn check_hwpt_translates(&self, pi: usize, h: u32, hw: &Hwpt, ioas: &Ioas, tables: &BTreeMap<u64, (usize, u32)>) -> Result<(), String> {
         let part = &self.partitions[pi];
         let name = &part.name;
         let mut covered = 0u64;
@@ -1314,6 +1766,18 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             let contiguous = part.memmap.translate(Gpa(gpa + size - 1)).map(|x| x.raw()) == want.map(|w| w.raw() + size - 1);
             if want != Some(hpa) || !contiguous {
                 bad = Some(format!("{name}: HWPT {h} maps {:#x} to {:#x}, the area says {want:x?}", iova.raw(), hpa.raw()));
+                return;
+            }
+            let (first, end) = (hpa.raw(), hpa.raw() + size);
+            if let Some((t, _)) = tables.range(first.saturating_sub(PAGE_SIZE - 1)..end).next() {
+                bad = Some(format!("{name}: HWPT {h} leaf {:#x} reaches table page {t:#x}", iova.raw()));
+                return;
+            }
+            let foreign = self.partitions.iter().enumerate().filter(|(o, _)| *o != pi).find_map(|(_, other)| {
+                other.memmap.ranges().iter().find(|r| r.hpa.raw() < end && first < r.hpa.raw() + r.len).map(|_| &other.name)
+            });
+            if let Some(other) = foreign {
+                bad = Some(format!("{name}: HWPT {h} leaf {:#x} reaches RAM of {other}", iova.raw()));
                 return;
             }
             if perm != hw.table.effective_perm(a.perm) {

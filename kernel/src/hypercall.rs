@@ -15,6 +15,7 @@ use crate::abi::{
     FaultRecord, GetHwInfo, IoasAlloc, IoasAllowIovas, IoasCopy, IoasIovaRanges, IoasMap, IoasUnmap, IovaRange, OptionCmd, PartitionExit,
     ResvRange, map_flags, option,
 };
+use crate::heap;
 use crate::hv::{Hypervisor, MAX_ALLOWED, PhysMem};
 use crate::iommu::Iommu;
 use crate::iova::Range;
@@ -81,7 +82,9 @@ fn perm_of(flags: u32) -> Perm {
 impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
     /// Run command `nr` for partition `p` with its struct at `gpa`.
     pub fn hypercall(&mut self, p: usize, nr: u64, gpa: u64) -> Outcome {
-        match self.dispatch(p, nr, gpa) {
+        let res = self.dispatch(p, nr, gpa);
+        self.settle_pending(p);
+        match res {
             Ok(()) => Outcome::Return(0),
             Err(Stop::Err(e)) => Outcome::Return(e.to_return()),
             Err(Stop::Exit(code)) => {
@@ -139,16 +142,6 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         res
     }
 
-    /// Write `items` at `gpa` one by one (EFAULT at the first element that
-    /// is not RAM; earlier ones stay written, as in iommufd).
-    fn write_array<T: IntoBytes + Immutable>(&mut self, p: usize, gpa: u64, items: &[T]) -> Result<(), Errno> {
-        for (i, item) in items.iter().enumerate() {
-            let at = (i as u64).checked_mul(size_of::<T>() as u64).and_then(|o| gpa.checked_add(o)).ok_or(Errno::EFAULT)?;
-            self.write_guest(p, at, item.as_bytes())?;
-        }
-        Ok(())
-    }
-
     fn dispatch(&mut self, p: usize, nr: u64, gpa: u64) -> Result<(), Stop> {
         let info = u32::try_from(nr).ok().and_then(abi::command).ok_or(Errno::ENOTTY)?;
         let frame = self.frame(p, info, gpa)?;
@@ -181,13 +174,16 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
                 if c.reserved != 0 {
                     return Err(Errno::EOPNOTSUPP.into());
                 }
-                let ranges = hv.ioas_ranges(p, c.ioas_id)?;
+                // Written range by range: nothing is allocated.
+                let id = c.ioas_id;
+                let total = hv.partition(p).ioas(id).ok_or(Errno::ENOENT)?.usable_iter().count();
                 let max = c.num_iovas as usize;
-                let out: Vec<IovaRange> = ranges.iter().take(max).map(|r| IovaRange { start: r.start, last: r.last }).collect();
-                hv.write_array(p, c.allowed_iovas, &out)?;
-                c.num_iovas = ranges.len() as u32;
+                hv.write_from(p, c.allowed_iovas, max, |part, _| {
+                    part.ioas(id).into_iter().flat_map(|i| i.usable_iter()).map(|r| IovaRange { start: r.start, last: r.last })
+                })?;
+                c.num_iovas = total as u32;
                 c.out_iova_alignment = PAGE_SIZE;
-                if ranges.len() > max { Err(Errno::EMSGSIZE.into()) } else { Ok(()) }
+                if total > max { Err(Errno::EMSGSIZE.into()) } else { Ok(()) }
             }),
             0x85 => self.run(p, &frame, true, |hv, c: &mut IoasMap| {
                 if c.flags & !map_flags::ALL != 0 || c.reserved != 0 {
@@ -211,11 +207,11 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             0x87 => self.run(p, &frame, true, |hv, c: &mut OptionCmd| Ok(hv.cmd_option(p, c)?)),
             0x8A => self.run(p, &frame, true, |hv, c: &mut GetHwInfo| Ok(hv.cmd_hw_info(p, c)?)),
             0xC0 => self.run(p, &frame, true, |hv, c: &mut DeviceList| {
-                let mut list: Vec<DeviceInfo> = hv
-                    .devices()
-                    .iter()
-                    .filter(|d| d.partition == p)
-                    .map(|d| DeviceInfo {
+                // By id, written one by one: nothing is allocated.
+                let total = hv.partition(p).device_objects().count();
+                let max = c.num_devices as usize;
+                hv.write_from(p, c.devices, max, |part, devices| {
+                    part.device_objects().map(|(_, d)| &devices[d]).map(|d| DeviceInfo {
                         dev_id: d.id,
                         iommu_id: d.unit as u32,
                         rid: d.rid,
@@ -223,12 +219,9 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
                         dma_bits: d.dma_bits,
                         reserved: 0,
                     })
-                    .collect();
-                list.sort_unstable_by_key(|d| d.dev_id);
-                let max = c.num_devices as usize;
-                hv.write_array(p, c.devices, &list[..list.len().min(max)])?;
-                c.num_devices = list.len() as u32;
-                if list.len() > max { Err(Errno::EMSGSIZE.into()) } else { Ok(()) }
+                })?;
+                c.num_devices = total as u32;
+                if total > max { Err(Errno::EMSGSIZE.into()) } else { Ok(()) }
             }),
             0xC1 => self.run(p, &frame, true, |hv, c: &mut DeviceAttach| {
                 if c.flags != 0 {
@@ -243,15 +236,13 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
                     return Err(Errno::EOPNOTSUPP.into());
                 }
                 let d = hv.device_index(p, c.dev_id)?;
-                let list: Vec<ResvRange> = hv.devices()[d]
-                    .regions
-                    .iter()
-                    .map(|r| ResvRange { start: r.range.start, last: r.range.last, kind: r.kind, reserved: 0 })
-                    .collect();
+                let total = hv.devices()[d].regions.len();
                 let max = c.num_iovas as usize;
-                hv.write_array(p, c.resv_iovas, &list[..list.len().min(max)])?;
-                c.num_iovas = list.len() as u32;
-                if list.len() > max { Err(Errno::EMSGSIZE.into()) } else { Ok(()) }
+                hv.write_from(p, c.resv_iovas, max, |_, devices| {
+                    devices[d].regions.iter().map(|r| ResvRange { start: r.range.start, last: r.range.last, kind: r.kind, reserved: 0 })
+                })?;
+                c.num_iovas = total as u32;
+                if total > max { Err(Errno::EMSGSIZE.into()) } else { Ok(()) }
             }),
             0xC4 => self.run(p, &frame, true, |hv, c: &mut FaultRead| {
                 if c.flags != 0 || c.reserved != 0 {
@@ -262,19 +253,30 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
                 if n > 0 && (c.faults.checked_add(bytes).is_none() || !hv.is_ram(p, c.faults, bytes)) {
                     return Err(Errno::EFAULT.into());
                 }
-                let (records, lost) = hv.take_faults(p, n);
-                hv.write_array(p, c.faults, &records)?;
-                c.num_faults = records.len() as u32;
-                c.out_lost = lost;
+                // Written from the queue, then dropped from it: nothing is
+                // allocated, and the array was checked to be RAM above.
+                let written = hv.write_from(p, c.faults, n, |part, _| part.queued_faults())?;
+                c.out_lost = hv.consume_faults(p, written);
+                c.num_faults = written as u32;
                 Ok(())
             }),
             0xC5 => self.run(p, &frame, false, |hv, c: &mut ConsoleWrite| {
                 if c.len > MAX_CONSOLE_WRITE {
                     return Err(Errno::EINVAL.into());
                 }
-                let mut buf = alloc::vec![0u8; c.len as usize];
-                hv.read_guest(p, c.buf, &mut buf)?;
-                hv.partition_mut(p).console_push(&buf, CONSOLE_BUFFER);
+                // Every byte must be RAM before any is taken; then copied
+                // through a small buffer (nothing is allocated here).
+                if !hv.is_ram(p, c.buf, u64::from(c.len)) {
+                    return Err(Errno::EFAULT.into());
+                }
+                let mut chunk = [0u8; 256];
+                let mut at = 0u64;
+                while at < u64::from(c.len) {
+                    let n = (u64::from(c.len) - at).min(chunk.len() as u64) as usize;
+                    hv.read_guest(p, c.buf + at, &mut chunk[..n])?;
+                    hv.partition_mut(p).console_push(&chunk[..n], CONSOLE_BUFFER);
+                    at += n as u64;
+                }
                 Ok(())
             }),
             0xC6 => self.run(p, &frame, false, |_, c: &mut PartitionExit| Err(Stop::Exit(c.code))),
@@ -286,7 +288,11 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         if c.reserved != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
-        self.ioas_ranges(p, c.ioas_id)?;
+        self.partition(p).ioas(c.ioas_id).ok_or(Errno::ENOENT)?;
+        // The heap: the tree of loaded ranges (scratch) and the list that
+        // becomes the IOAS's. Asked for before the elements are read.
+        let n = (c.num_iovas as usize).min(MAX_ALLOWED);
+        self.grant(heap::btree::<u64, u64>(n) + heap::vec::<Range>(n))?;
         // Loaded in order, as iommufd does: the first bad element decides
         // the errno. The tree finds overlaps in O(log n) per element.
         let mut loaded: BTreeMap<u64, u64> = BTreeMap::new();
@@ -307,7 +313,8 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             }
             loaded.insert(r.start, r.last);
         }
-        let list = loaded.into_iter().map(|(start, last)| Range { start, last }).collect();
+        let mut list = Vec::with_capacity(loaded.len());
+        list.extend(loaded.into_iter().map(|(start, last)| Range { start, last }));
         self.ioas_set_allowed(p, c.ioas_id, list)
     }
 

@@ -77,6 +77,48 @@ impl Reserved {
         self.ranges.push((range, owner));
     }
 
+    /// Number of ranges (each owner's kept whole).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Whether there is no reserved range.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Ranges the list holds without reallocating.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.ranges.capacity()
+    }
+
+    /// Make room for `additional` more ranges (exactly).
+    pub fn reserve_exact(&mut self, additional: usize) {
+        self.ranges.reserve_exact(additional);
+    }
+
+    /// [`Self::merged`] written into `out`, in place: allocates nothing
+    /// when `out` already has room for [`Self::len`] ranges.
+    pub fn merge_into(&self, out: &mut Vec<Range>) {
+        out.clear();
+        out.extend(self.ranges.iter().map(|(r, _)| *r));
+        out.sort_unstable();
+        let mut n = 0;
+        for i in 0..out.len() {
+            let r = out[i];
+            if n > 0 && r.start <= out[n - 1].last.saturating_add(1) {
+                out[n - 1].last = out[n - 1].last.max(r.last);
+            } else {
+                out[n] = r;
+                n += 1;
+            }
+        }
+        out.truncate(n);
+    }
+
     /// Remove every range of `owner`.
     pub fn remove_owner(&mut self, owner: Owner) {
         self.ranges.retain(|(_, o)| *o != owner);
@@ -109,6 +151,29 @@ impl Reserved {
     pub fn usable(&self) -> Vec<Range> {
         complement(&self.merged())
     }
+}
+
+/// [`complement`] without allocating: the ranges one by one.
+pub fn complement_iter(merged: &[Range]) -> impl Iterator<Item = Range> + '_ {
+    let mut next = Some(0u64);
+    let mut rest = merged.iter();
+    core::iter::from_fn(move || {
+        loop {
+            let n = next?;
+            match rest.next() {
+                Some(r) => {
+                    next = r.last.checked_add(1);
+                    if r.start > n {
+                        return Some(Range { start: n, last: r.start - 1 });
+                    }
+                }
+                None => {
+                    next = None;
+                    return Some(Range { start: n, last: u64::MAX });
+                }
+            }
+        }
+    })
 }
 
 /// The complement within `[0, u64::MAX]` of sorted, merged ranges.
@@ -208,20 +273,21 @@ impl Holes {
 
     /// Mark `range` free again, merging it with the holes on either side.
     /// It must be used (an area that was taken).
+    ///
+    /// The hole before it, if any, grows in place: only a range with no
+    /// hole right before it inserts into the tree (and the count of holes
+    /// never exceeds what it was before the call). Giving back a run of
+    /// areas in ascending order therefore inserts at most once.
     pub fn give(&mut self, range: Range) {
         debug_assert!(self.holes.range(range.start..=range.last).next().is_none(), "giving back a free range");
-        let mut start = range.start;
-        let mut last = range.last;
-        if let Some(prev) = range.start.checked_sub(1).and_then(|p| self.hole_at(p)) {
-            self.holes.remove(&prev.start);
-            start = prev.start;
-        }
-        if let Some(next_start) = range.last.checked_add(1) {
-            if let Some(next_last) = self.holes.remove(&next_start) {
-                last = next_last;
+        let next = range.last.checked_add(1).and_then(|n| self.holes.remove(&n));
+        let last = next.unwrap_or(range.last);
+        match range.start.checked_sub(1).and_then(|p| self.hole_at(p)) {
+            Some(prev) => *self.holes.get_mut(&prev.start).expect("the hole just found") = last,
+            None => {
+                self.holes.insert(range.start, last);
             }
         }
-        self.holes.insert(start, last);
     }
 
     /// Number of holes (for tests and statistics).
@@ -410,6 +476,23 @@ mod tests {
         assert_eq!(h.first_fit(&[], &[], 0x1000, 0x1000), None);
         h.give(r(0, u64::MAX));
         assert_eq!(h, Holes::new());
+    }
+
+    #[test]
+    fn in_place_merge_and_complement_iterator_agree() {
+        let mut res = edu_reserved();
+        res.add(r(0xfee8_0000, 0xff00_0fff), Owner::Device(2));
+        res.add(r(0, 0xfff), Owner::Device(2));
+        res.add(r(0x1000, 0x1fff), Owner::Device(3));
+        let mut out = Vec::with_capacity(res.len());
+        let cap = out.capacity();
+        res.merge_into(&mut out);
+        assert_eq!(out, res.merged());
+        assert_eq!(out.capacity(), cap, "no reallocation");
+        assert_eq!(complement_iter(&out).collect::<Vec<_>>(), complement(&out));
+        assert_eq!(complement_iter(&[]).collect::<Vec<_>>(), [r(0, u64::MAX)]);
+        assert_eq!(complement_iter(&[r(0, u64::MAX)]).count(), 0);
+        assert_eq!(complement_iter(&[r(5, u64::MAX)]).collect::<Vec<_>>(), [r(0, 4)]);
     }
 
     #[test]

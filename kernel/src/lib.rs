@@ -18,6 +18,7 @@ extern crate alloc;
 
 pub mod abi;
 pub mod addr;
+pub mod heap;
 pub mod hv;
 pub mod hwpt;
 pub mod hwwalk;

@@ -81,6 +81,13 @@ impl<T> ObjectTable<T> {
         self.objects.len()
     }
 
+    /// Free ids kept below the highest id in use (what the lowest-free-id
+    /// rule remembers besides the objects).
+    #[must_use]
+    pub fn spare(&self) -> usize {
+        self.free.len()
+    }
+
     /// Whether there is no object.
     #[must_use]
     pub fn is_empty(&self) -> bool {

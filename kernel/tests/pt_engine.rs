@@ -95,7 +95,7 @@ fn destroy_hands_back_every_table() {
     let tables = mem.in_use();
     assert!(tables > 4);
     pt.destroy(&mut mem, &mut g);
-    assert_eq!(g.freed_tables().len(), tables);
+    assert_eq!(g.freed_count(), tables);
     g.release(&mut mem);
     assert_eq!(mem.in_use(), 0);
     assert!(g.is_empty());

@@ -81,3 +81,58 @@ pub fn stats() -> (usize, usize) {
     let h = HEAP.0.lock();
     (h.stats_alloc_actual(), h.stats_total_bytes())
 }
+
+/// Bytes of the heap not handed out now.
+#[must_use]
+pub fn free_bytes() -> usize {
+    let (used, total) = stats();
+    total.saturating_sub(used)
+}
+
+/// The core's heap budget over this heap (see `sluice_kernel::heap`):
+/// what the core charges (worst cases, in buddy blocks) is counted against
+/// the heap's free bytes when the budget was made, less `margin` for what
+/// the rest of the hypervisor allocates later and for fragmentation. A
+/// charge that does not fit first grows the heap by frames. Install with
+/// `hv.set_heap_budget(Box::new(CoreBudget::new(margin)))` once the
+/// platform's own allocations are done.
+#[derive(Debug)]
+pub struct CoreBudget {
+    limit: usize,
+    charged: usize,
+}
+
+impl CoreBudget {
+    /// A budget of the heap's free bytes now, less `margin`.
+    #[must_use]
+    pub fn new(margin: usize) -> Self {
+        Self { limit: free_bytes().saturating_sub(margin), charged: 0 }
+    }
+
+    /// Bytes charged now.
+    #[must_use]
+    pub fn charged(&self) -> usize {
+        self.charged
+    }
+}
+
+impl sluice_kernel::heap::HeapBudget for CoreBudget {
+    fn charge(&mut self, bytes: usize, why: sluice_kernel::heap::HeapUse) -> bool {
+        let want = self.charged.saturating_add(bytes);
+        if why == sluice_kernel::heap::HeapUse::Grow && want > self.limit {
+            match grow(want - self.limit) {
+                Some((start, end)) => self.limit += (end - start) as usize,
+                None => return false,
+            }
+            if want > self.limit {
+                return false;
+            }
+        }
+        self.charged = want;
+        true
+    }
+
+    fn uncharge(&mut self, bytes: usize) {
+        self.charged = self.charged.saturating_sub(bytes);
+    }
+}

@@ -182,7 +182,7 @@ impl<F: Format> PageTable<F> {
                             // again, so that no empty table stays behind.
                             mem.table(table)[idx].store(0, Relaxed);
                             mem.sync_entries(table, idx, 1);
-                            gather.add_freed_table(next);
+                            gather.add_freed_table(mem, next);
                         }
                         return Err(stop);
                     }
@@ -302,7 +302,7 @@ impl<F: Format> PageTable<F> {
                     if empty {
                         mem.table(table)[idx].store(0, Relaxed);
                         mem.sync_entries(table, idx, 1);
-                        gather.add_freed_table(next);
+                        gather.add_freed_table(mem, next);
                     }
                 }
             }
@@ -396,6 +396,6 @@ impl<F: Format> PageTable<F> {
     /// this tree stopped using it and were invalidated.
     pub fn destroy<M: TableMemory>(self, mem: &mut M, gather: &mut Gather) {
         self.unmap_level(mem, self.root, self.fmt.geometry().levels - 1, 0, self.input_limit(), gather);
-        gather.add_freed_table(self.root);
+        gather.add_freed_table(mem, self.root);
     }
 }

@@ -2,7 +2,7 @@
 //! whose IOTLB entries must be invalidated, and the table pages that may be
 //! freed only after that invalidation has completed.
 
-use alloc::vec::Vec;
+use core::sync::atomic::Ordering::Relaxed;
 
 use super::memory::TableMemory;
 use crate::{Hpa, Iova};
@@ -12,14 +12,22 @@ use crate::{Hpa, Iova};
 ///
 /// Protocol: after the table change, invalidate [`Gather::range`] on every
 /// IOMMU that walks the table (including its paging-structure caches when
-/// [`Gather::freed_tables`] is not empty), wait for completion, then call
+/// [`Gather::freed_count`] is not 0), wait for completion, then call
 /// [`Gather::release`] to free the table pages.
+///
+/// A gather never allocates: the unlinked table pages are chained through
+/// their own entry 0 (see [`Gather::add_freed_table`]), so an unmap, a
+/// rollback or a destroy cannot fail for want of hypervisor heap after the
+/// tables have changed.
 #[derive(Debug, Default)]
 pub struct Gather {
     start: u64,
     end: u64,
     leaf_levels: u8,
-    freed: Vec<Hpa>,
+    /// The table unlinked last; entry 0 of each chained page holds the
+    /// address of the one unlinked before it.
+    freed: Option<Hpa>,
+    freed_count: usize,
 }
 
 impl Gather {
@@ -32,7 +40,7 @@ impl Gather {
     /// Whether there is nothing to invalidate and nothing to free.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.start >= self.end && self.freed.is_empty()
+        self.start >= self.end && self.freed_count == 0
     }
 
     /// The IOVA range `[start, start + len)` whose translations were
@@ -49,19 +57,32 @@ impl Gather {
         self.leaf_levels
     }
 
-    /// Table pages unlinked from the tree, still to be freed.
+    /// Number of table pages unlinked from the tree, still to be freed.
     #[must_use]
-    pub fn freed_tables(&self) -> &[Hpa] {
-        &self.freed
+    pub fn freed_count(&self) -> usize {
+        self.freed_count
     }
 
-    /// Free the unlinked table pages and start over. Call only after the
-    /// IOTLB invalidation of [`Self::range`] has completed.
+    /// The table pages unlinked from the tree, still to be freed: how many
+    /// (they are chained through the pages themselves, not listed).
+    #[must_use]
+    pub fn freed_tables(&self) -> FreedTables {
+        FreedTables(self.freed_count)
+    }
+
+    /// Free the unlinked table pages (each zeroed again first) and start
+    /// over. Call only after the IOTLB invalidation of [`Self::range`] has
+    /// completed.
     pub fn release<M: TableMemory>(&mut self, mem: &mut M) {
-        for t in self.freed.drain(..) {
-            mem.free_table(t);
+        let mut next = self.freed.take();
+        for _ in 0..self.freed_count {
+            let table = next.expect("the chain is as long as its count");
+            let link = mem.table(table)[0].swap(0, Relaxed);
+            mem.sync_entries(table, 0, 1);
+            next = Some(Hpa(link));
+            mem.free_table(table);
         }
-        *self = Self { freed: core::mem::take(&mut self.freed), ..Self::default() };
+        *self = Self::default();
     }
 
     #[inline]
@@ -76,8 +97,38 @@ impl Gather {
         self.leaf_levels |= 1 << level;
     }
 
+    /// Chain `table`, just unlinked and all zero, for [`Self::release`].
+    ///
+    /// The link goes into the page's entry 0. Until the invalidation has
+    /// completed an IOMMU may still walk the page through a stale cached
+    /// pointer, and must find nothing there: a link is a 4 KiB-aligned
+    /// address, whose bits 0..11 are all clear, which is a not-present
+    /// entry in every format (VT-d: R = W = 0; VMSAv8-64: bit 0 = 0).
     #[inline]
-    pub(super) fn add_freed_table(&mut self, table: Hpa) {
-        self.freed.push(table);
+    pub(super) fn add_freed_table<M: TableMemory>(&mut self, mem: &M, table: Hpa) {
+        debug_assert!(table.is_aligned(super::PAGE_SIZE));
+        let link = self.freed.map_or(0, |t| t.raw());
+        mem.table(table)[0].store(link, Relaxed);
+        self.freed = Some(table);
+        self.freed_count += 1;
+    }
+}
+
+/// What [`Gather::freed_tables`] reports: the count of unlinked table
+/// pages waiting for [`Gather::release`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreedTables(usize);
+
+impl FreedTables {
+    /// How many.
+    #[must_use]
+    pub fn len(self) -> usize {
+        self.0
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
     }
 }

@@ -34,6 +34,21 @@ pub trait TableMemory {
     /// The entries of a table page this memory handed out.
     fn table(&self, table: Hpa) -> &Table;
 
+    /// Whether `table` is a page this memory handed out and has not taken
+    /// back; `None` when the memory cannot tell (the invariant checker then
+    /// skips the check).
+    fn is_allocated(&self, table: Hpa) -> Option<bool> {
+        let _ = table;
+        None
+    }
+
+    /// Table pages handed out now, if the memory counts them. The
+    /// invariant checker then expects exactly the HWPTs' tables: a memory
+    /// that also serves other tables (a CPU's stage 2) should say `None`.
+    fn allocated(&self) -> Option<usize> {
+        None
+    }
+
     /// Cache-maintenance hook, called after the engine wrote `count` entries
     /// starting at `first` in `table`. An IOMMU that does not snoop CPU
     /// caches needs them cleaned here; a coherent one needs nothing (the
@@ -171,6 +186,14 @@ impl TableMemory for VecTableMemory {
     fn table(&self, table: Hpa) -> &Table {
         let index = ((table.raw() - self.base) / TABLE_BYTES) as usize;
         &self.pages[index]
+    }
+
+    fn is_allocated(&self, table: Hpa) -> Option<bool> {
+        Some(self.is_live(table))
+    }
+
+    fn allocated(&self) -> Option<usize> {
+        Some(self.in_use)
     }
 }
 

@@ -21,7 +21,7 @@ mod vtd;
 
 pub use engine::{PageTable, PtError, Translation};
 pub use format::{Format, Geometry, LeafSizes, Perm, Pte};
-pub use gather::Gather;
+pub use gather::{FreedTables, Gather};
 pub use memory::{TableMemory, VecTableMemory, ENTRIES, TABLE_BYTES, Table};
 pub use vmsa::{ArmStage1, ArmStage2, MAIR_NORMAL_WB, VmsaError};
 pub use vtd::{VtdError, VtdSecondLevel};

@@ -442,7 +442,9 @@ impl Sim {
             let bytes = parse_hex(&get("hex").unwrap_or_default())?;
             let at = get("struct_gpa").map_or(Ok(scratch), |v| number(&v).ok_or("bad struct_gpa"))?;
             self.place(p, at, &bytes);
-            return Ok(match self.hv.hypercall(p, nr, at) {
+            let outcome = self.hv.hypercall(p, nr, at);
+            self.debug_invariants(cmd);
+            return Ok(match outcome {
                 Outcome::Return(0) | Outcome::Exit(_) => Reply::ok(),
                 Outcome::Return(e) => Reply { status: errno_status(e), fields: Vec::new() },
             });
@@ -509,6 +511,7 @@ impl Sim {
         bytes.extend_from_slice(&tail);
         self.place(p, struct_gpa, &bytes);
         let outcome = self.hv.hypercall(p, u64::from(info.nr), struct_gpa);
+        self.debug_invariants(cmd);
         let mut reply = match outcome {
             Outcome::Return(0) => Reply::ok(),
             Outcome::Exit(code) => return Ok(Reply::ok().with("code", hex(u64::from(code)))),
@@ -653,6 +656,20 @@ impl Sim {
             }
             Err(_) => Reply { status: "fault".into(), fields: Vec::new() },
         })
+    }
+
+    /// In debug builds (tests), every hypercall a script makes is followed
+    /// by the invariant check: the core's always, the units' view too while
+    /// no invalidation has failed (a failed one leaves stale IOTLB entries
+    /// on purpose: that is why their pages stay pinned). A broken invariant
+    /// panics, naming the command.
+    pub fn debug_invariants(&self, after: &str) {
+        if cfg!(debug_assertions) {
+            let r = if self.hv.iommu_failures() == 0 { self.invariants() } else { self.hv.check_invariants() };
+            if let Err(e) = r {
+                panic!("invariant broken after `{after}`: {e}");
+            }
+        }
     }
 
     /// The core's invariants plus the simulated hardware's view: every

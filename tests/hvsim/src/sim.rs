@@ -59,6 +59,27 @@ impl SimRam {
     pub fn touched(&self) -> usize {
         self.pages.len()
     }
+
+    /// A digest of the bytes of `[hpa, hpa + len)` (page aligned): equal
+    /// contents give equal digests, and a page never written counts as a
+    /// page of zeros.
+    #[must_use]
+    pub fn digest(&self, hpa: Hpa, len: u64) -> u64 {
+        let (first, end) = (hpa.raw() / PAGE, hpa.raw().saturating_add(len).div_ceil(PAGE));
+        let mut sum = 0u64;
+        for (&n, page) in &self.pages {
+            if n < first || n >= end || page.iter().all(|b| *b == 0) {
+                continue;
+            }
+            let mut h = 0xcbf2_9ce4_8422_2325u64 ^ n;
+            for word in page.chunks_exact(8) {
+                h = (h ^ u64::from_le_bytes(word.try_into().expect("8 bytes"))).wrapping_mul(0x100_0000_01b3);
+            }
+            // Order-independent over pages.
+            sum = sum.wrapping_add(h);
+        }
+        sum
+    }
 }
 
 impl PhysMem for SimRam {

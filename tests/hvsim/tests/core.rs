@@ -343,3 +343,19 @@ fn overlapping_copies_release_pages_one_by_one() {
         assert_eq!(sim.invariants(), Ok(()));
     }
 }
+
+/// Found by the fail-nth tests (tests/fail_nth.rs): a COPY that ran out of
+/// table memory filling an HWPT left the source's pin cover map behind
+/// (internal state changed, heap kept). Pins are now shared only once the
+/// copy is in.
+#[test]
+fn copy_is_atomic_at_every_table_allocation_failure() {
+    let mut sim = machine(TWO_UNITS);
+    run(&mut sim, "p ioas_alloc as i");
+    assert!(run(&mut sim, "p device_attach dev=a pt_id=$i").starts_with("ok"));
+    assert!(run(&mut sim, "p ioas_map ioas_id=$i flags=read|write|fixed gpa=0x10000 length=0x4000 iova=0x100000").starts_with("ok"));
+    let line = "p ioas_copy dst_ioas_id=$i src_ioas_id=$i flags=read|fixed length=0x2000 src_iova=0x101000 dst_iova=0x7f00000000";
+    let n = fail_each_allocation(&mut sim, line, |sim| assert_eq!(sim.invariants(), Ok(())));
+    assert!(n >= 2, "the copy needed new tables");
+    assert_eq!(sim.hv.partition(0).pinned(), 4, "the copy shares the map's pins");
+}
