@@ -270,3 +270,35 @@ fn print_line(name: &str, line: &[u8], out: fn(Arguments<'_>)) {
     let clean: String = text.chars().map(|c| if c.is_control() { '.' } else { c }).collect();
     out(format_args!("[{name}] {clean}"));
 }
+
+/// Run `parts` ([`run_all`]), then print how each ended, with the ones
+/// that never started (`not_started`: name and reason), and check the
+/// core's invariants. Returns whether every partition started and exited
+/// with code 0 and the invariants hold.
+pub fn run_and_report<V: Vcpu, U: Iommu, M: TableMemory, R: PhysMem>(
+    hv: &mut Hypervisor<U, M, R>,
+    parts: &mut [Runnable<V>],
+    not_started: &[(&str, String)],
+    out: fn(Arguments<'_>),
+) -> bool {
+    let ended = run_all(hv, parts, out);
+    hv.poll_faults();
+    out(format_args!("sluice: partitions:"));
+    let mut all_ok = not_started.is_empty();
+    for (r, e) in parts.iter().zip(&ended) {
+        all_ok &= e.is_success();
+        match e {
+            Ended::Exited(code) => out(format_args!("sluice:   {}: exited with code {code}", r.name)),
+            Ended::Stopped(why) => out(format_args!("sluice:   {}: stopped: {}", r.name, why.lines().next().unwrap_or(""))),
+            Ended::NotStarted(why) => out(format_args!("sluice:   {}: not started: {why}", r.name)),
+        }
+    }
+    for (name, why) in not_started {
+        out(format_args!("sluice:   {name}: not started: {why}"));
+    }
+    if let Err(e) = hv.check_invariants() {
+        out(format_args!("sluice: core invariants BROKEN: {e}"));
+        all_ok = false;
+    }
+    all_ok
+}

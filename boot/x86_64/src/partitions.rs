@@ -13,7 +13,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use sluice_boot::frames;
-use sluice_boot::partition::{self, Ended, Runnable};
+use sluice_boot::partition::{self, Runnable};
 use sluice_kernel::abi::{StartDevice, layout};
 use sluice_kernel::hv::{DeviceConfig, PartitionConfig};
 use sluice_kernel::memmap::RamRange;
@@ -58,25 +58,7 @@ pub fn run(boot: &BootInfo) -> Result<bool, String> {
             }
         }
     }
-    let ended = partition::run_all(&mut hv, &mut runnable, |line| println!("{line}"));
-    hv.poll_faults();
-    println!("sluice: partitions:");
-    let mut all_ok = not_started.is_empty();
-    for (r, e) in runnable.iter().zip(&ended) {
-        all_ok &= e.is_success();
-        match e {
-            Ended::Exited(code) => println!("sluice:   {}: exited with code {code}", r.name),
-            Ended::Stopped(why) => println!("sluice:   {}: stopped: {}", r.name, why.lines().next().unwrap_or("")),
-            Ended::NotStarted(why) => println!("sluice:   {}: not started: {why}", r.name),
-        }
-    }
-    for (name, why) in &not_started {
-        println!("sluice:   {name}: not started: {why}");
-    }
-    if let Err(e) = hv.check_invariants() {
-        println!("sluice: core invariants BROKEN: {e}");
-        all_ok = false;
-    }
+    let all_ok = partition::run_and_report(&mut hv, &mut runnable, &not_started, |line| println!("{line}"));
     report_units(&mut hv);
     Ok(all_ok)
 }
