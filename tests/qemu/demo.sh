@@ -66,12 +66,13 @@ else
   bad "$arch: $nok checks held, $nfail failed"
 fi
 
-# The faults A read: IOVA pages.
+# The faults A read: IOVA pages; each partition's device (requester id or
+# StreamID) from the hypervisor's report.
+asid=$(sed -n 's/^\[A\] device .* (requester\/stream id \(0x[0-9a-f]*\) on.*/\1/p' "$serial")
+bsid=$(sed -n 's/^\[B\] device .* (requester\/stream id \(0x[0-9a-f]*\) on.*/\1/p' "$serial")
 sed -n 's/^\[A\] A: FAULT_READ: device [0-9]* IOVA \(0x[0-9a-f]*\) .*/\1/p' "$serial" | page | sort -u > "$out/$arch.a-pages"
 case $arch in
   aarch64)
-    asid=$(sed -n 's/^\[A\] device .* (StreamID \(0x[0-9a-f]*\) on.*/\1/p' "$serial")
-    bsid=$(sed -n 's/^\[B\] device .* (StreamID \(0x[0-9a-f]*\) on.*/\1/p' "$serial")
     sed 's/^[0-9]*@[0-9.]*://' "$trace" | awk '
       $1 == "smmu_ptw_level" { for (i = 2; i <= NF; i++) if ($i ~ /^iova=/) { iova = substr($i, 6) } }
       $1 == "smmuv3_record_event" { sid = $3; sub(/^sid=/, "", sid); print $2, sid, iova }' > "$out/$arch.events"
@@ -81,8 +82,9 @@ case $arch in
     ;;
   x86_64)
     # vtd_dmar_fault: sid 0x%04x fault %d addr 0x%lx write %d
-    asid=$(sed -n 's/^\[A\] device .* (requester \(0x[0-9a-f]*\) on.*/\1/p' "$serial")
-    bsid=$(sed -n 's/^\[B\] device .* (requester \(0x[0-9a-f]*\) on.*/\1/p' "$serial")
+    # QEMU prints requester ids as 0x%04x.
+    [ -n "$asid" ] && asid=$(printf '0x%04x' "$asid")
+    [ -n "$bsid" ] && bsid=$(printf '0x%04x' "$bsid")
     sed 's/^[0-9]*@[0-9.]*://' "$trace" | awk '$1 == "vtd_dmar_fault" { print $3, $5, $7 }' > "$out/$arch.events"
     awk -v s="$asid" '$1 == s { print $3 }' "$out/$arch.events" | page | sort -u > "$out/$arch.qemu-pages"
     bevents=$(awk -v s="$bsid" '$1 == s' "$out/$arch.events" | wc -l)

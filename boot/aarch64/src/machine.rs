@@ -121,3 +121,20 @@ impl PciMap {
         Ok((smmu.ok_or_else(|| format!("requester {rid:#06x}: its iommu-map does not name an SMMUv3"))?, sid))
     }
 }
+
+/// Print the event records the SMMUs wrote, raw (`SMMU-EVENT` lines), for
+/// the harnesses to compare with QEMU's trace.
+pub fn report_events(hv: &mut Hv) {
+    for u in hv.machine().units.iter_mut() {
+        for e in u.take_raw_events() {
+            println!(
+                "SMMU-EVENT type={:#04x} sid={:#x} addr={:#x} read={} stage2={}",
+                e.kind(),
+                e.sid(),
+                e.input_addr(),
+                u8::from(e.read()),
+                u8::from(e.stage2())
+            );
+        }
+    }
+}

@@ -25,7 +25,7 @@ use sluice_pci::edu::{self, Edu, EduMmio};
 use sluice_smmuv3::StagePreference;
 
 use crate::bootinfo::BootInfo;
-use crate::machine::{Hv, Machine};
+use crate::machine::{self, Machine};
 use crate::timer::GenericTimer;
 
 /// Run the self-test; `Err` says what failed.
@@ -86,11 +86,11 @@ pub fn run(boot: &BootInfo) -> Result<(), String> {
         println!("selftest: malformed: set output-address bit {oas} in the {what}");
         devs[0].0.dma_from_ram(sluice_kernel::Iova(mapped.iova), 0, 64, &GenericTimer, selftest::EDU_TIMEOUT_US).map_err(|e| format!("edu DMA: {e}"))?;
         hv.poll_faults();
-        report_events(&mut hv);
+        machine::report_events(&mut hv);
         return Err("malformed-entry mode: this run is meant to be rejected".into());
     }
     let unmaps = test.run(&mut hv, mapped, &mut |hv| hv.poll_faults())?;
-    report_events(&mut hv);
+    machine::report_events(&mut hv);
     for (i, u) in hv.units().iter().enumerate() {
         let s = u.stats();
         println!(
@@ -112,21 +112,4 @@ pub fn run(boot: &BootInfo) -> Result<(), String> {
     println!("selftest: unmaps={unmaps}");
     println!("selftest: PASS");
     Ok(())
-}
-
-/// The event records the SMMUs wrote, raw, for the harness to compare
-/// with QEMU's trace.
-fn report_events(hv: &mut Hv) {
-    for u in hv.machine().units.iter_mut() {
-        for e in u.take_raw_events() {
-            println!(
-                "SMMU-EVENT type={:#04x} sid={:#x} addr={:#x} read={} stage2={}",
-                e.kind(),
-                e.sid(),
-                e.input_addr(),
-                u8::from(e.read()),
-                u8::from(e.stage2())
-            );
-        }
-    }
 }

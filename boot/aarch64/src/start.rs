@@ -99,20 +99,7 @@ extern "C" fn kmain(x0: u64) -> ! {
     }
     let result = partitions::run(&boot);
     println!("sluice: {} us since reset (generic timer)", timer::GenericTimer.now_us());
-    match result {
-        Ok(true) => {
-            println!("sluice: every partition exited 0: every isolation check held");
-            exit(true)
-        }
-        Ok(false) => {
-            println!("sluice: FAILED: a partition did not start, was stopped or exited non-zero");
-            exit(false)
-        }
-        Err(e) => {
-            println!("sluice: platform bring-up FAILED: {e}");
-            exit(false)
-        }
-    }
+    exit(sluice_boot::partition::verdict(&result, |line| println!("{line}")))
 }
 
 /// Called by `entry` instead of `kmain` when not entered at EL2 (MMU off,

@@ -13,6 +13,7 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Arguments;
 
@@ -20,11 +21,17 @@ use elf::ElfBytes;
 use elf::abi::{PT_LOAD, PF_X};
 use elf::endian::LittleEndian;
 use sluice_kernel::abi::{StartDevice, StartInfo, layout};
-use sluice_kernel::hv::{Hypervisor, PhysMem};
+use sluice_kernel::hv::{DeviceConfig, Hypervisor, PartitionConfig, PhysMem, Region};
 use sluice_kernel::hypercall::Outcome;
 use sluice_kernel::iommu::Iommu;
+use sluice_kernel::memmap::RamRange;
 use sluice_kernel::pt::TableMemory;
+use sluice_kernel::{Gpa, Hpa};
+use sluice_manifest::PartitionSpec;
+use sluice_pci::{Bdf, CommandRegister, ConfigRegionAccess, PciFunction, PciSegment};
 use zerocopy::IntoBytes;
+
+use crate::frames;
 
 /// Why a vCPU stopped running the guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -253,8 +260,9 @@ fn flush_console<U: Iommu, M: TableMemory, R: PhysMem>(
     all: bool,
 ) {
     pending.extend(hv.partition_mut(p).take_console());
-    while let Some(nl) = pending.iter().position(|&b| b == b'\n').or_else(|| (pending.len() >= LINE_MAX).then_some(LINE_MAX)) {
-        let line: Vec<u8> = pending.drain(..=nl.min(pending.len() - 1)).collect();
+    // Up to and with the next newline, at most LINE_MAX bytes.
+    while let Some(end) = pending.iter().position(|&b| b == b'\n').map(|nl| nl + 1).or((pending.len() >= LINE_MAX).then_some(LINE_MAX)) {
+        let line: Vec<u8> = pending.drain(..end.min(LINE_MAX)).collect();
         print_line(name, &line, out);
     }
     if all && !pending.is_empty() {
@@ -301,4 +309,123 @@ pub fn run_and_report<V: Vcpu, U: Iommu, M: TableMemory, R: PhysMem>(
         all_ok = false;
     }
     all_ok
+}
+
+/// A partition's second stage (aarch64 stage 2, x86_64 nested paging).
+pub trait SecondStage {
+    /// Map `[gpa, gpa + len)` to host-physical `hpa`, read-write: RAM, or
+    /// a device's registers (`mmio`: Device / uncached).
+    ///
+    /// # Errors
+    ///
+    /// No memory for tables, or the range cannot be mapped.
+    fn map(&mut self, gpa: u64, hpa: u64, len: u64, mmio: bool) -> Result<(), String>;
+}
+
+/// Where the platform puts one of a partition's PCI functions.
+#[derive(Debug)]
+pub struct Placement {
+    /// IOMMU unit index.
+    pub unit: usize,
+    /// Requester id or StreamID on that unit.
+    pub rid: u32,
+    /// Platform reserved regions (MSI window, RMRRs).
+    pub regions: Vec<Region>,
+    /// Its assigned memory BARs: slot, CPU address, size.
+    pub bars: Vec<(u8, u64, u64)>,
+}
+
+/// Make partition `spec`: check its program is in `programs` and each of
+/// its devices is among `functions` (and where `place` puts it) before
+/// anything is made; then its RAM (zeroed, at [`layout::RAM_BASE`]), the
+/// partition and its devices in the core, `stage` mapping the RAM and the
+/// devices' BARs (at their CPU addresses), memory decoding and bus
+/// mastering on, the program loaded (`machine`: ELF e_machine) and the
+/// start info written. Returns the partition's index and entry point.
+///
+/// # Errors
+///
+/// What is missing or failed, for the "partition NOT STARTED" report.
+#[allow(clippy::too_many_arguments)]
+pub fn create<U: Iommu, M: TableMemory, R: PhysMem, A: ConfigRegionAccess>(
+    hv: &mut Hypervisor<U, M, R>,
+    pci: &PciSegment<A>,
+    functions: &[PciFunction],
+    spec: &PartitionSpec,
+    programs: &[(&str, &[u8])],
+    machine: u16,
+    place: &dyn Fn(&PciFunction) -> Result<Placement, String>,
+    stage: &mut dyn SecondStage,
+    out: fn(Arguments<'_>),
+) -> Result<(usize, u64), String> {
+    let program = programs.iter().find(|(n, _)| *n == spec.program).map(|(_, b)| *b).ok_or_else(|| format!("program {} is not in the image", spec.program))?;
+    let mut devices = Vec::new();
+    for a in spec.devices {
+        let bdf = Bdf::new(a.bus, a.dev, a.func);
+        let f = functions.iter().find(|f| f.segment == a.segment && f.bdf == bdf).ok_or_else(|| format!("device {a} does not exist on this machine"))?;
+        let placed = place(f)?;
+        let ram = layout::RAM_BASE..layout::RAM_BASE + spec.ram_bytes;
+        if let Some(&(slot, cpu, _)) = placed.bars.iter().find(|&&(_, cpu, size)| cpu < ram.end && ram.start < cpu + size) {
+            return Err(format!("device {a} BAR{slot} at {cpu:#x} overlaps the partition's RAM"));
+        }
+        devices.push((f, placed));
+    }
+    if spec.ram_host.is_some() {
+        return Err("a fixed host RAM placement (ram_host) is not supported on this platform yet".into());
+    }
+    let pages = usize::try_from(spec.ram_bytes / 4096).map_err(|_| "RAM size")?;
+    let hpa = frames::alloc_zeroed(pages).ok_or_else(|| format!("no {} MiB of RAM left", spec.ram_bytes >> 20))?;
+    let cfg = PartitionConfig {
+        name: spec.name.into(),
+        ram: vec![RamRange { gpa: Gpa(layout::RAM_BASE), len: spec.ram_bytes, hpa: Hpa(hpa) }],
+        pin_limit: spec.pin_limit,
+        max_areas: 1 << 16,
+    };
+    let p = hv.add_partition(cfg).map_err(|e| format!("{e:?}"))?;
+    stage.map(layout::RAM_BASE, hpa, spec.ram_bytes, false)?;
+    let mut start_devices = Vec::new();
+    for (f, placed) in devices {
+        let is_edu = f.vendor_id == sluice_pci::edu::VENDOR_ID && f.device_id == sluice_pci::edu::DEVICE_ID;
+        let dma_bits = if is_edu { 28 } else { 64 };
+        let Placement { unit, rid, regions, bars } = placed;
+        let id = hv.add_device(DeviceConfig { partition: p, unit, rid, dma_bits, regions }).map_err(|e| format!("device {}: {e:?}", f.bdf))?;
+        for &(_, cpu, size) in &bars {
+            stage.map(cpu, cpu, size.next_multiple_of(4096), true)?;
+        }
+        pci.update_command(f.bdf, CommandRegister::MEMORY_ENABLE | CommandRegister::BUS_MASTER_ENABLE, true)
+            .map_err(|e| format!("device {}: {e:?}", f.bdf))?;
+        let (bar0, bar0_size) = bars.iter().find(|b| b.0 == 0).map_or((0, 0), |&(_, cpu, size)| (cpu, size));
+        start_devices.push(StartDevice {
+            dev_id: id,
+            seg_bdf: StartDevice::encode_seg_bdf(f.segment, f.bdf.bus(), f.bdf.dev(), f.bdf.func()),
+            bar0_gpa: bar0,
+            bar0_size,
+            dma_bits,
+            reserved: 0,
+        });
+        out(format_args!("[{}] device {} (requester/stream id {rid:#x} on IOMMU unit {unit}) as device {id}, BAR0 {bar0:#x}+{bar0_size:#x}", spec.name, f.bdf));
+    }
+    let entry = load_program(hv, p, program, machine)?;
+    write_start_info(hv, p, spec.name, spec.ram_bytes, &start_devices)?;
+    out(format_args!(
+        "[{}] {} MiB RAM at GPA {:#x} (host {hpa:#x}), program {} ({} bytes, entry {entry:#x})",
+        spec.name,
+        spec.ram_bytes >> 20,
+        layout::RAM_BASE,
+        spec.program,
+        program.len()
+    ));
+    Ok((p, entry))
+}
+
+/// The last line of a partitions run, from what the platform's `run`
+/// returned (`Ok(all partitions exited 0)` or a bring-up error); whether
+/// the run succeeded.
+pub fn verdict(result: &Result<bool, String>, out: fn(Arguments<'_>)) -> bool {
+    match result {
+        Ok(true) => out(format_args!("sluice: every partition exited 0: every isolation check held")),
+        Ok(false) => out(format_args!("sluice: FAILED: a partition did not start, was stopped or exited non-zero")),
+        Err(e) => out(format_args!("sluice: platform bring-up FAILED: {e}")),
+    }
+    result == &Ok(true)
 }

@@ -138,3 +138,13 @@ pub fn placement(dmar: &Dmar, pci: &PciSegment<Ecam>, f: &PciFunction) -> Result
     }
     Ok((unit, regions))
 }
+
+/// Print the fault records the units wrote, raw (`VTD-FAULT` lines), for
+/// the harnesses to compare with QEMU's trace.
+pub fn report_faults(hv: &mut Hv) {
+    for u in hv.machine().units.iter_mut() {
+        for f in u.take_raw_faults() {
+            println!("VTD-FAULT sid={:#06x} reason={} addr={:#x} write={}", f.sid, f.reason, f.addr, u8::from(!f.read));
+        }
+    }
+}

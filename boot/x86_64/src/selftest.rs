@@ -66,7 +66,7 @@ pub fn run(boot: &BootInfo) -> Result<(), String> {
     let unmaps = test.run(&mut hv, mapped, &mut |hv| hv.poll_faults())?;
 
     // What the units recorded, raw, for the harness to compare with QEMU.
-    report_raw_faults(&mut hv);
+    machine::report_faults(&mut hv);
     for (i, u) in hv.units().iter().enumerate() {
         let s = u.stats();
         println!(
@@ -79,14 +79,6 @@ pub fn run(boot: &BootInfo) -> Result<(), String> {
     Ok(())
 }
 
-fn report_raw_faults(hv: &mut Hv) {
-    for u in hv.machine().units.iter_mut() {
-        for f in u.take_raw_faults() {
-            println!("VTD-FAULT sid={:#06x} reason={} addr={:#x} write={}", f.sid, f.reason, f.addr, u8::from(!f.read));
-        }
-    }
-}
-
 /// `selftest=malformed`: set bit 11 (SNP, reserved when ECAP.SC is 0) in
 /// the leaf mapping `iova` and DMA through it. QEMU must report the
 /// malformed entry; the harness checks that it noticed.
@@ -94,6 +86,6 @@ fn corrupt_leaf(hv: &mut Hv, dev: &Edu<EduMmio>, iova: u64) -> Result<(), String
     let what = selftest::corrupt_leaf(hv, iova, 1 << 11)?;
     println!("selftest: malformed: set bit 11 in the {what}");
     dev.dma_from_ram(Iova(iova), 0, 64, &Tsc, EDU_TIMEOUT_US).map_err(|e| format!("edu DMA: {e}"))?;
-    report_raw_faults(hv);
+    machine::report_faults(hv);
     Err("malformed-entry mode: this run is meant to be rejected".to_string())
 }

@@ -67,20 +67,7 @@ extern "C" fn kmain(boot_magic: u32, info_pa: u64) -> ! {
     }
     let result = partitions::run(&boot);
     println!("sluice: {} us since reset (TSC)", tsc::Tsc.now_us());
-    match result {
-        Ok(true) => {
-            println!("sluice: every partition exited 0: every isolation check held");
-            qemu_exit(true)
-        }
-        Ok(false) => {
-            println!("sluice: FAILED: a partition did not start, was stopped or exited non-zero");
-            qemu_exit(false)
-        }
-        Err(e) => {
-            println!("sluice: platform bring-up FAILED: {e}");
-            qemu_exit(false)
-        }
-    }
+    qemu_exit(sluice_boot::partition::verdict(&result, |line| println!("{line}")))
 }
 
 fn report(boot: &BootInfo, info_pa: u64, (hz, how): (u64, tsc::Calibration)) {
