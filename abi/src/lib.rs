@@ -232,6 +232,12 @@ pub mod fault_reason {
     pub const FLAG_READ: u32 = 1;
     /// `fault_record.flags`: the access was a write.
     pub const FLAG_WRITE: u32 = 2;
+    /// `fault_record.flags` (Sluice): not a DMA access but a notice. With
+    /// reason [`OTHER`] and IOVA 0 it says the device faulted more often
+    /// than its partition's fault limit allows, so the hypervisor switched
+    /// its PCI bus mastering off: it makes no DMA any more, until the
+    /// hypervisor restarts.
+    pub const FLAG_BUS_MASTER_OFF: u32 = 1 << 31;
 }
 
 /// Reserved-region types of `resv_range.type`.

@@ -34,12 +34,26 @@ pub trait PhysMem {
     fn read(&self, hpa: Hpa, buf: &mut [u8]);
     /// Write `data` at `hpa`.
     fn write(&mut self, hpa: Hpa, data: &[u8]);
+    /// Write zeros over `[hpa, hpa + len)`.
+    fn zero(&mut self, hpa: Hpa, len: u64) {
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(ZEROS.len() as u64);
+            self.write(Hpa(hpa.raw() + off), &ZEROS[..n as usize]);
+            off += n;
+        }
+    }
 }
 
 /// Most objects (IOAS + HWPT + device) a partition may hold.
 pub const MAX_OBJECTS: u32 = 4096;
 /// Fault records a partition's queue holds; more are counted as lost.
 pub const FAULT_QUEUE: usize = 256;
+/// Fault records (after folding, lost ones included) one device may cause
+/// before its bus mastering is switched off, unless the partition's
+/// configuration says otherwise ([`Hypervisor::set_fault_limit`]).
+pub const DEFAULT_FAULT_LIMIT: u64 = 4096;
 /// Most allowed ranges a partition may hold over all its IOASes.
 pub const MAX_ALLOWED: usize = 4096;
 /// Most areas a partition may hold over all its IOASes unless its
@@ -120,6 +134,15 @@ pub struct Device {
     pub regions: Vec<Region>,
     /// HWPT id it translates through; `None`: blocked.
     pub attached: Option<u32>,
+    /// Fault records it caused since its partition (re)started: queued,
+    /// lost or read, each folded run counted once.
+    pub faults: u64,
+    /// It passed its partition's fault limit: the platform must switch its
+    /// bus mastering off. The partition got a [`FLAG_BUS_MASTER_OFF`]
+    /// record. Stays set for good (a reset does not clear it).
+    ///
+    /// [`FLAG_BUS_MASTER_OFF`]: fault_reason::FLAG_BUS_MASTER_OFF
+    pub quarantined: bool,
 }
 
 /// An area: a run of IOVAs mapped by one MAP (or one piece of a COPY).
@@ -320,6 +343,19 @@ fn cover_add(cover: &mut BTreeMap<u64, u32>, a: u64, b: u64, up: bool) -> u64 {
     crossed
 }
 
+/// What [`Hypervisor::reset_partition`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetReport {
+    /// Devices blocked (all of the partition's).
+    pub devices_blocked: u32,
+    /// IOASes destroyed (their HWPTs went with the devices' attachments).
+    pub objects_destroyed: u32,
+    /// Pages whose pins were released.
+    pub pins_released: u64,
+    /// Bytes of RAM overwritten with zeros.
+    pub bytes_scrubbed: u64,
+}
+
 /// One partition's view: its memory, objects, pins and fault queue.
 #[derive(Debug)]
 pub struct Partition {
@@ -334,11 +370,19 @@ pub struct Partition {
     pins: Pins,
     faults: VecDeque<FaultRecord>,
     lost: u64,
+    /// The newest fault dropped for a full queue, if nothing was queued
+    /// or read since: (device, reason, flags, page). Its repeats fold.
+    lost_key: Option<(u32, u32, u32, u64)>,
     /// Faults folded into the newest queued record (same device, page,
     /// direction and reason).
     coalesced: u64,
     console: Vec<u8>,
     exit: Option<u32>,
+    /// Fault records one device may cause before it is quarantined; 0:
+    /// no limit.
+    fault_limit: u64,
+    /// Times the partition was reset.
+    resets: u32,
     /// Heap footprint charged for this partition at the last settle.
     heap: usize,
 }
@@ -399,6 +443,12 @@ impl Partition {
     #[must_use]
     pub fn ioas(&self, id: u32) -> Option<&Ioas> {
         self.ioas.get(&id)
+    }
+
+    /// Times it was reset ([`Hypervisor::reset_partition`]).
+    #[must_use]
+    pub fn resets(&self) -> u32 {
+        self.resets
     }
 
     /// Code passed to PARTITION_EXIT, once it was called.
@@ -805,9 +855,12 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             // Full size now: queuing a fault never allocates.
             faults: VecDeque::with_capacity(FAULT_QUEUE),
             lost: 0,
+            lost_key: None,
             coalesced: 0,
             console: Vec::new(),
             exit: None,
+            fault_limit: DEFAULT_FAULT_LIMIT,
+            resets: 0,
             heap: 0,
         });
         let p = self.partitions.len() - 1;
@@ -842,6 +895,8 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
             id,
             regions,
             attached: None,
+            faults: 0,
+            quarantined: false,
         });
         self.by_rid.insert((cfg.unit, cfg.rid), index);
         self.settle_config(Some(cfg.partition));
@@ -914,13 +969,17 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
     }
 
     /// Move every fault the units recorded into the owning partitions'
-    /// queues.
+    /// queues. A device that passes its partition's fault limit is marked
+    /// [`Device::quarantined`] and its partition gets a
+    /// [`fault_reason::FLAG_BUS_MASTER_OFF`] record (queued even when the
+    /// queue is full: it then takes the newest record's place, and that
+    /// one counts as lost). The platform switches its bus mastering off.
     pub fn poll_faults(&mut self) {
         let Self { units, partitions, devices, by_rid, stray_faults, mem, .. } = self;
         for (u, unit) in units.iter_mut().enumerate() {
             unit.drain_faults(&mut |f| match by_rid.get(&(u, f.rid)) {
                 Some(&d) => {
-                    let dev = &devices[d];
+                    let dev = &mut devices[d];
                     let part = &mut partitions[dev.partition];
                     // Some units (VT-d) report a missing leaf as a missing
                     // permission: nothing mapped at the IOVA means NOT_PRESENT.
@@ -935,20 +994,130 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
                     // edu: every 4 bytes): an access to the same page, same
                     // direction and reason as the newest queued record is
                     // folded into it, so one failed transfer is one record.
-                    let same = part.faults.back().is_some_and(|r| {
-                        r.dev_id == dev.id && r.reason == reason && r.flags == f.flags && r.iova >> 12 == f.iova >> 12
-                    });
+                    // So is one dropped for a full queue into the newest dropped.
+                    let key = (dev.id, reason, f.flags, f.iova >> 12);
+                    let same = part.lost_key == Some(key)
+                        || part.lost_key.is_none()
+                            && part.faults.back().is_some_and(|r| {
+                                (r.dev_id, r.reason, r.flags, r.iova >> 12) == key
+                            });
                     if same {
                         part.coalesced += 1;
-                    } else if part.faults.len() >= FAULT_QUEUE {
+                        return;
+                    }
+                    if part.faults.len() >= FAULT_QUEUE {
                         part.lost += 1;
+                        part.lost_key = Some(key);
                     } else {
-                        part.faults.push_back(FaultRecord { dev_id: dev.id, reason, iova: f.iova, flags: f.flags, reserved: 0 });
+                        part.faults.push_back(FaultRecord {
+                            dev_id: dev.id,
+                            reason,
+                            iova: f.iova,
+                            flags: f.flags,
+                            reserved: 0,
+                        });
+                        part.lost_key = None;
+                    }
+                    dev.faults += 1;
+                    if part.fault_limit != 0 && dev.faults >= part.fault_limit && !dev.quarantined {
+                        dev.quarantined = true;
+                        if part.faults.len() >= FAULT_QUEUE {
+                            part.faults.pop_back();
+                            part.lost += 1;
+                        }
+                        part.lost_key = None;
+                        let notice = FaultRecord {
+                            dev_id: dev.id,
+                            reason: fault_reason::OTHER,
+                            iova: 0,
+                            flags: fault_reason::FLAG_BUS_MASTER_OFF,
+                            reserved: 0,
+                        };
+                        part.faults.push_back(notice);
                     }
                 }
                 None => *stray_faults += 1,
             });
         }
+    }
+
+    /// Fault records one device of partition `p` may cause (queued or
+    /// lost, each folded run once) before it is quarantined: its bus
+    /// mastering switched off. 0: no limit. Default
+    /// [`DEFAULT_FAULT_LIMIT`].
+    pub fn set_fault_limit(&mut self, p: usize, limit: u64) {
+        self.partitions[p].fault_limit = limit;
+    }
+
+    /// Reset partition `p` for reuse, in this order: block each of its
+    /// devices (the unit's context or STE, with the invalidation completed,
+    /// so no DMA reaches its memory from here on), free its HWPTs with
+    /// their IOTLB entries invalidated, destroy its IOASes and release
+    /// their pins, drop its fault queue, console and exit code, then write
+    /// zeros over all its RAM. Its devices keep their ids (and stay
+    /// quarantined if they were); new objects get ids from after them again.
+    ///
+    /// # Errors
+    ///
+    /// EIO when a unit did not confirm a block or an invalidation: the
+    /// device may still reach the old pages, so the RAM is not scrubbed and
+    /// the partition must not run again (its pins stay counted).
+    pub fn reset_partition(&mut self, p: usize) -> Result<ResetReport, Errno> {
+        let mut report = ResetReport {
+            pins_released: self.partitions[p].pins.pinned,
+            ..ResetReport::default()
+        };
+        let mut failed = false;
+        let failures_before = self.iommu_failures;
+        for d in 0..self.devices.len() {
+            if self.devices[d].partition != p {
+                continue;
+            }
+            let id = self.devices[d].id;
+            report.devices_blocked += 1;
+            let r = if self.devices[d].attached.is_some() {
+                self.detach_inner(p, id)
+            } else {
+                let dev = &self.devices[d];
+                self.units[dev.unit].block(dev.rid).map_err(|_| Errno::EIO)
+            };
+            failed |= r.is_err();
+            self.devices[d].faults = 0;
+        }
+        if failed || self.iommu_failures != failures_before {
+            self.settle(p);
+            return Err(Errno::EIO);
+        }
+        let ids: Vec<u32> = self.partitions[p].ioas.keys().copied().collect();
+        for id in ids {
+            self.destroy_inner(p, id).map_err(|_| Errno::EIO)?;
+            report.objects_destroyed += 1;
+        }
+        let part = &mut self.partitions[p];
+        report.pins_released -= part.pins.pinned;
+        if part.pins.pinned != 0 {
+            self.settle(p);
+            return Err(Errno::EIO);
+        }
+        part.faults.clear();
+        part.lost = 0;
+        part.lost_key = None;
+        part.coalesced = 0;
+        part.console = Vec::new();
+        part.exit = None;
+        part.resets += 1;
+        let ranges: Vec<(Hpa, u64)> = part
+            .memmap
+            .ranges()
+            .iter()
+            .map(|r| (r.hpa, r.len))
+            .collect();
+        for (hpa, len) in ranges {
+            self.ram.zero(hpa, len);
+            report.bytes_scrubbed += len;
+        }
+        self.settle(p);
+        Ok(report)
     }
 
     // ----- operations, in the order of ABI.md -----
@@ -1515,6 +1684,7 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         let part = &mut self.partitions[p];
         let n = max.min(part.faults.len());
         let records = part.faults.drain(..n).collect();
+        part.lost_key = None;
         (records, core::mem::take(&mut part.lost))
     }
 
@@ -1525,6 +1695,7 @@ impl<U: Iommu, M: TableMemory, R: PhysMem> Hypervisor<U, M, R> {
         let part = &mut self.partitions[p];
         let n = n.min(part.faults.len());
         part.faults.drain(..n);
+        part.lost_key = None;
         core::mem::take(&mut part.lost)
     }
 

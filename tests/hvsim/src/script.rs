@@ -315,6 +315,7 @@ impl Sim {
             "dma" => self.dma(&toks[1..]),
             "mem" => self.mem(&toks[1..]),
             "walk" => self.walk(&toks[1..]),
+            "reset" => self.reset(&toks[1..]),
             "invariants" => Ok(match self.invariants() {
                 Ok(()) => Reply::ok(),
                 Err(e) => Reply { status: format!("fail {e}"), fields: Vec::new() },
@@ -363,6 +364,7 @@ impl Sim {
         let mut ram = Vec::new();
         let mut pin_limit = u64::MAX;
         let mut max_areas = sluice_kernel::hv::DEFAULT_MAX_AREAS;
+        let mut fault_limit = sluice_kernel::hv::DEFAULT_FAULT_LIMIT;
         for (k, v) in &args {
             match *k {
                 "ram" => {
@@ -377,14 +379,31 @@ impl Sim {
                 }
                 "pin_limit" => pin_limit = number(v).ok_or("bad pin_limit")?,
                 "max_areas" => max_areas = number(v).ok_or("bad max_areas")?,
+                "fault_limit" => fault_limit = number(v).ok_or("bad fault_limit")?,
                 _ => return Err(format!("unknown partition field {k}")),
             }
         }
         let top = ram.iter().max_by_key(|r| r.gpa).ok_or("partition needs ram=")?;
         let ram_end = top.gpa.raw() + top.len;
         let scratch = ram_end - 4096;
-        let index = self.hv.add_partition(PartitionConfig { name: name.into(), ram, pin_limit, max_areas }).map_err(|e| format!("{e:?}"))?;
-        self.parts.insert(name.into(), SimPartition { index, scratch, ram_end });
+        let index = self
+            .hv
+            .add_partition(PartitionConfig {
+                name: name.into(),
+                ram,
+                pin_limit,
+                max_areas,
+            })
+            .map_err(|e| format!("{e:?}"))?;
+        self.hv.set_fault_limit(index, fault_limit);
+        self.parts.insert(
+            name.into(),
+            SimPartition {
+                index,
+                scratch,
+                ram_end,
+            },
+        );
         Ok(Reply::ok())
     }
 
@@ -559,6 +578,30 @@ impl Sim {
         self.devices.get(name).copied().ok_or_else(|| format!("unknown device {name}"))
     }
 
+    /// `reset PARTITION`: the hypervisor's partition reset (devices
+    /// blocked, objects destroyed, pins released, RAM zeroed).
+    fn reset(&mut self, toks: &[&str]) -> Result<Reply, String> {
+        let name = *toks.first().ok_or("reset needs a partition")?;
+        let p = self
+            .parts
+            .get(name)
+            .ok_or_else(|| format!("unknown partition {name}"))?
+            .index;
+        let r = match self.hv.reset_partition(p) {
+            Ok(r) => Reply::ok()
+                .with("devices", r.devices_blocked.to_string())
+                .with("objects", r.objects_destroyed.to_string())
+                .with("pins", r.pins_released.to_string())
+                .with("scrubbed", hex(r.bytes_scrubbed)),
+            Err(e) => Reply {
+                status: format!("err {e:?}"),
+                fields: Vec::new(),
+            },
+        };
+        self.debug_invariants("reset");
+        Ok(r)
+    }
+
     fn dma(&mut self, toks: &[&str]) -> Result<Reply, String> {
         let dev = self.device_named(toks.first().ok_or("dma needs a device")?)?;
         let write = match toks.get(1) {
@@ -579,6 +622,14 @@ impl Sim {
         }
         let d = &self.hv.devices()[dev.index];
         let (unit, rid) = (d.unit, d.rid);
+        if d.quarantined {
+            // The platform switched its bus mastering off: the request
+            // never reaches the IOMMU.
+            return Ok(Reply {
+                status: "blocked".into(),
+                fields: Vec::new(),
+            });
+        }
         let m = self.hv.machine();
         let Ok(pieces) = m.units[unit].dma(rid, iova, len, write, m.mem) else {
             // The fault interrupt: the platform drains the unit's records
