@@ -7,7 +7,7 @@
 //! writes the block again. (The Rust guest SDK hands out a `&'static`
 //! reference to it: a program must not write it.)
 //!
-//! Layout (little-endian, 320 bytes; `struct sluice_start_info` in
+//! Layout (little-endian, 328 bytes; `struct sluice_start_info` in
 //! `sluice.h`):
 //!
 //! | offset | field | |
@@ -20,6 +20,8 @@
 //! | 24 | `ram_size: u64` | bytes of RAM |
 //! | 32 | `name: [u8; 32]` | the partition's name, NUL padded (at most 31 bytes, so always NUL terminated) |
 //! | 64 | `devices: [StartDevice; 8]` | the partition's devices, in manifest order |
+//! | 320 | `resets: u32` | times the partition was reset before this start (0 at the first) |
+//! | 324 | `reserved: u32` | 0 |
 //!
 //! [`StartDevice`] (32 bytes): `dev_id: u32 @0` (the ABI device id, as in
 //! DEVICE_LIST), `seg_bdf: u32 @4` (`segment << 16 | bus << 8 | dev << 3 |
@@ -101,11 +103,12 @@ impl StartDevice {
 /// [`crate::layout::START_INFO_GPA`] before the first vCPU entry and passed
 /// in `rdi` / `x0`; never written by it again.
 ///
-/// Layout (little-endian, 320 bytes): `magic u32 @0` ([`START_INFO_MAGIC`],
+/// Layout (little-endian, 328 bytes): `magic u32 @0` ([`START_INFO_MAGIC`],
 /// the bytes `"SLS1"`), `version u32 @4` (1), `partition u32 @8` (index in
 /// the manifest, from 0), `num_devices u32 @12`, `ram_base u64 @16`,
 /// `ram_size u64 @24`, `name [u8; 32] @32` (NUL padded, at most 31 bytes),
-/// `devices [StartDevice; 8] @64` (32 bytes each).
+/// `devices [StartDevice; 8] @64` (32 bytes each), `resets u32 @320`,
+/// `reserved u32 @324`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable)]
 pub struct StartInfo {
@@ -126,6 +129,12 @@ pub struct StartInfo {
     /// The partition's devices; the first `num_devices` are valid, the
     /// rest zero.
     pub devices: [StartDevice; START_MAX_DEVICES],
+    /// Times the partition was reset (its devices blocked, its objects
+    /// destroyed, its RAM zeroed) and started again before this start: 0
+    /// at the first start. A manifest's `restarts` allows them.
+    pub resets: u32,
+    /// Zero.
+    pub reserved: u32,
 }
 
 impl Default for StartInfo {
@@ -148,6 +157,8 @@ impl StartInfo {
             ram_size,
             name: [0; START_NAME_LEN],
             devices: [StartDevice::default(); START_MAX_DEVICES],
+            resets: 0,
+            reserved: 0,
         };
         let mut len = name.len().min(START_NAME_LEN - 1);
         while !name.is_char_boundary(len) {
@@ -218,7 +229,7 @@ mod tests {
             ),
             (4, 8, 16, 24, 28)
         );
-        assert_eq!(size_of::<StartInfo>(), 320);
+        assert_eq!(size_of::<StartInfo>(), 328);
         assert_eq!(
             (
                 offset_of!(StartInfo, version),
@@ -227,9 +238,11 @@ mod tests {
                 offset_of!(StartInfo, ram_base),
                 offset_of!(StartInfo, ram_size),
                 offset_of!(StartInfo, name),
-                offset_of!(StartInfo, devices)
+                offset_of!(StartInfo, devices),
+                offset_of!(StartInfo, resets),
+                offset_of!(StartInfo, reserved)
             ),
-            (4, 8, 12, 16, 24, 32, 64)
+            (4, 8, 12, 16, 24, 32, 64, 320, 324)
         );
         assert_eq!(align_of::<StartInfo>(), 8);
         assert_eq!(START_INFO_MAGIC, 0x3153_4c53);

@@ -21,7 +21,7 @@ use aarch64_cpu::registers::{
     CNTHCTL_EL2, CPACR_EL1, ELR_EL1, ELR_EL2, ESR_EL2, FAR_EL2, HCR_EL2, HPFAR_EL2, MAIR_EL1, Readable, SCTLR_EL1, SP_EL0, SP_EL1,
     SPSR_EL1, SPSR_EL2, TCR_EL1, TPIDR_EL0, TPIDR_EL1, TTBR0_EL1, TTBR1_EL1, VBAR_EL1, VTCR_EL2, VTTBR_EL2, Writeable,
 };
-use sluice_boot::partition::{Exit, Vcpu};
+use sluice_boot::partition::{Exit, GuestWrite, Vcpu};
 use sluice_kernel::hypercall::smccc_command;
 
 /// Offsets in [`GuestRegs`].
@@ -269,6 +269,9 @@ pub struct El1Vcpu {
     last: Syndrome,
     /// The TLB has not been cleaned for this VMID yet.
     fresh: bool,
+    /// Stack pointer and `x0` at the start, for a restart.
+    sp: u64,
+    arg: u64,
 }
 
 impl El1Vcpu {
@@ -277,10 +280,40 @@ impl El1Vcpu {
     /// VTCR_EL2 value `vtcr`).
     #[must_use]
     pub fn new(entry: u64, sp: u64, arg: u64, root: u64, vmid: u16, vtcr: u64) -> Self {
-        let mut regs = GuestRegs { x: [0; 31], kind: 0, q: [0; 32], fpcr: 0, fpsr: 0, host: [0; 22] };
+        let (regs, el1) = Self::start_state(sp, arg);
+        Self {
+            regs,
+            el1,
+            pc: entry,
+            spsr: SPSR_EL1H_MASKED,
+            vttbr: (u64::from(vmid) << 48) | root,
+            vtcr,
+            last: Syndrome::default(),
+            fresh: true,
+            sp,
+            arg,
+        }
+    }
+
+    /// Registers at the first instruction: `x0 = arg`, `SP_EL1 = sp`, the
+    /// rest zero, MMU off, FP/SIMD on.
+    fn start_state(sp: u64, arg: u64) -> (GuestRegs, El1State) {
+        let mut regs = GuestRegs {
+            x: [0; 31],
+            kind: 0,
+            q: [0; 32],
+            fpcr: 0,
+            fpsr: 0,
+            host: [0; 22],
+        };
         regs.x[0] = arg;
-        let el1 = El1State { sp_el1: sp, sctlr: SCTLR_EL1_RESET, cpacr: CPACR_FP_ON, ..El1State::default() };
-        Self { regs, el1, pc: entry, spsr: SPSR_EL1H_MASKED, vttbr: (u64::from(vmid) << 48) | root, vtcr, last: Syndrome::default(), fresh: true }
+        let el1 = El1State {
+            sp_el1: sp,
+            sctlr: SCTLR_EL1_RESET,
+            cpacr: CPACR_FP_ON,
+            ..El1State::default()
+        };
+        (regs, el1)
     }
 
     fn enter(&mut self) -> u64 {
@@ -359,6 +392,16 @@ impl Vcpu for El1Vcpu {
                 _ => return Exit::Other(format!("{} (ESR_EL2 {esr:#x}, FAR {:#x})", crate::exceptions::ec_name(ec), self.last.far)),
             }
         }
+    }
+
+    fn restart(&mut self, entry: u64, _write: &mut GuestWrite<'_>) -> Result<(), String> {
+        (self.regs, self.el1) = Self::start_state(self.sp, self.arg);
+        self.pc = entry;
+        self.spsr = SPSR_EL1H_MASKED;
+        self.last = Syndrome::default();
+        // Whatever the last run left in the TLB for this VMID.
+        self.fresh = true;
+        Ok(())
     }
 
     fn set_return(&mut self, value: i64) {

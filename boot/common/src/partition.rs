@@ -10,6 +10,16 @@
 //! run": it resumes once every other partition has ended or parked too.
 //! That is how the demo's partition B waits for A's attacks before it
 //! checks its memory.
+//!
+//! When a partition ends (exit or stop) the core resets it
+//! ([`Hypervisor::reset_partition`]): its devices blocked with the
+//! invalidations completed, its objects destroyed, its pins released, its
+//! RAM zeroed. If its manifest entry allows `restarts`, its program is
+//! loaded again and it starts over, with `StartInfo::resets` counting.
+//!
+//! After every exit the scheduler polls the IOMMUs' fault records; a device
+//! that passed its partition's `fault_limit` gets its PCI bus mastering
+//! switched off here (the core already told its partition).
 
 use alloc::format;
 use alloc::string::String;
@@ -61,6 +71,9 @@ pub enum Exit {
     Other(String),
 }
 
+/// Writes bytes into a partition's RAM at a GPA ([`Vcpu::restart`]).
+pub type GuestWrite<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
+
 /// One guest vCPU, as the scheduler drives it.
 pub trait Vcpu {
     /// Run the guest until its next exit.
@@ -68,6 +81,14 @@ pub trait Vcpu {
     /// The hypercall's return value, for the instruction [`Exit::Hypercall`]
     /// stepped past.
     fn set_return(&mut self, value: i64);
+    /// Put the vCPU back in its start state, entering `entry`; `write`
+    /// writes the partition's (freshly zeroed) RAM if the start state needs
+    /// anything there (x86_64: the guest's page tables).
+    ///
+    /// # Errors
+    ///
+    /// Writing the RAM failed.
+    fn restart(&mut self, entry: u64, write: &mut GuestWrite<'_>) -> Result<(), String>;
     /// The guest's program counter now.
     fn pc(&self) -> u64;
     /// The guest's registers, for a report.
@@ -145,6 +166,7 @@ pub fn write_start_info<U: Iommu, M: TableMemory, R: PhysMem>(
     devices: &[StartDevice],
 ) -> Result<(), String> {
     let mut info = StartInfo::new(p as u32, name, layout::RAM_BASE, ram_size);
+    info.resets = hv.partition(p).resets();
     for d in devices {
         info.push_device(*d).map_err(|_| format!("more than {} devices", sluice_kernel::abi::START_MAX_DEVICES))?;
     }
@@ -160,6 +182,47 @@ pub struct Runnable<V> {
     pub name: String,
     /// Its vCPU.
     pub vcpu: V,
+    /// What starting it again takes.
+    pub boot: Boot,
+}
+
+/// What [`create`] used to start a partition, kept for a restart and for
+/// switching its devices' bus mastering off.
+#[derive(Debug)]
+pub struct Boot {
+    /// Its program (an ELF) and the ELF machine.
+    pub program: &'static [u8],
+    /// ELF e_machine.
+    pub machine: u16,
+    /// Bytes of RAM.
+    pub ram_size: u64,
+    /// Its devices as the start info lists them.
+    pub devices: Vec<StartDevice>,
+    /// Restarts left.
+    pub restarts: u32,
+}
+
+/// PCI config access the scheduler needs: bus mastering of a function
+/// (segment, bus, device, function as in [`StartDevice::seg_bdf`]; one
+/// segment, so the segment bits are left out).
+pub trait BusMaster {
+    /// Switch bus mastering of the function `seg_bdf` on or off.
+    ///
+    /// # Errors
+    ///
+    /// The function is not there.
+    fn set_bus_master(&self, seg_bdf: u32, on: bool) -> Result<(), String>;
+}
+
+impl<A: ConfigRegionAccess> BusMaster for PciSegment<A> {
+    fn set_bus_master(&self, seg_bdf: u32, on: bool) -> Result<(), String> {
+        let bdf = Bdf::new(
+            (seg_bdf >> 8) as u8,
+            ((seg_bdf >> 3) & 0x1f) as u8,
+            (seg_bdf & 7) as u8,
+        );
+        PciSegment::set_bus_master(self, bdf, on).map_err(|e| format!("{e:?}"))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -169,19 +232,40 @@ enum State {
     Done,
 }
 
+/// Heap kept out of the core's budget (`heap::CoreBudget`) for what the
+/// platform allocates while partitions run (console lines, reports) and
+/// for fragmentation.
+pub const HEAP_MARGIN: usize = 256 * 1024;
+
 /// Longest console line kept before it is printed anyway.
 const LINE_MAX: usize = 200;
 
 /// Run `parts` to the end (see the module docs for the order); `out`
-/// prints one console line. Returns how each ended, in order.
+/// prints one console line; `pci` switches quarantined devices' bus
+/// mastering off. Returns how each ended, in order.
 pub fn run_all<V: Vcpu, U: Iommu, M: TableMemory, R: PhysMem>(
     hv: &mut Hypervisor<U, M, R>,
     parts: &mut [Runnable<V>],
+    pci: &dyn BusMaster,
     out: fn(Arguments<'_>),
 ) -> Vec<Ended> {
     let mut state: Vec<State> = parts.iter().map(|_| State::Ready).collect();
     let mut ended: Vec<Option<Ended>> = parts.iter().map(|_| None).collect();
     let mut lines: Vec<Vec<u8>> = parts.iter().map(|_| Vec::new()).collect();
+    // Per device of the core: done switching it off, and its PCI address.
+    let mut bus_off = vec![false; hv.devices().len()];
+    let seg_bdf: Vec<Option<u32>> = hv
+        .devices()
+        .iter()
+        .map(|d| {
+            let run = parts.iter().find(|r| r.partition == d.partition)?;
+            run.boot
+                .devices
+                .iter()
+                .find(|s| s.dev_id == d.id)
+                .map(|s| s.seg_bdf)
+        })
+        .collect();
     loop {
         let next = match state.iter().position(|s| *s == State::Ready) {
             Some(i) => i,
@@ -193,13 +277,20 @@ pub fn run_all<V: Vcpu, U: Iommu, M: TableMemory, R: PhysMem>(
             }
             None => break,
         };
-        let Runnable { partition: p, name, vcpu } = &mut parts[next];
+        let Runnable {
+            partition: p,
+            name,
+            vcpu,
+            ..
+        } = &mut parts[next];
         let p = *p;
+        let name = name.clone();
+        let name = name.as_str();
         let result = loop {
             let exit = vcpu.run();
             // Faults the partitions' devices made while it ran, before it
             // can ask for them.
-            hv.poll_faults();
+            poll_faults(hv, &mut bus_off, &seg_bdf, pci, out);
             match exit {
                 Exit::Hypercall { nr, gpa } => {
                     let outcome = hv.hypercall(p, nr, gpa);
@@ -222,31 +313,109 @@ pub fn run_all<V: Vcpu, U: Iommu, M: TableMemory, R: PhysMem>(
             }
         };
         flush_console(hv, p, name, &mut lines[next], out, true);
-        match result {
-            None => state[next] = State::Parked,
-            Some(e) => {
-                match &e {
-                    Ended::Exited(code) => out(format_args!("[{name}] partition exited with code {code}")),
-                    Ended::Stopped(why) => {
-                        out(format_args!("[{name}] partition STOPPED by the hypervisor: {why}"));
-                    }
-                    Ended::NotStarted(_) => {}
-                }
-                // Nothing of it may stay reachable: block its devices.
-                for d in 0..hv.devices().len() {
-                    if hv.devices()[d].partition == p {
-                        let id = hv.devices()[d].id;
-                        if let Err(err) = hv.detach(p, id) {
-                            out(format_args!("[{name}] detach of device {id} failed: {err:?}"));
+        let Some(e) = result else {
+            state[next] = State::Parked;
+            continue;
+        };
+        match &e {
+            Ended::Exited(code) => out(format_args!("[{name}] partition exited with code {code}")),
+            Ended::Stopped(why) => out(format_args!(
+                "[{name}] partition STOPPED by the hypervisor: {why}"
+            )),
+            Ended::NotStarted(_) => {}
+        }
+        // Nothing of it may stay reachable: reset it (devices blocked
+        // first, RAM zeroed last), then maybe start it again.
+        state[next] = State::Done;
+        ended[next] = Some(e);
+        match hv.reset_partition(p) {
+            Ok(r) => {
+                out(format_args!(
+                    "[{name}] partition reset: {} devices blocked, {} IOAS destroyed, {} pinned pages released, {} KiB of RAM zeroed",
+                    r.devices_blocked,
+                    r.objects_destroyed,
+                    r.pins_released,
+                    r.bytes_scrubbed >> 10
+                ));
+                let run = &mut parts[next];
+                if run.boot.restarts > 0 {
+                    run.boot.restarts -= 1;
+                    match restart(hv, run) {
+                        Ok(entry) => {
+                            out(format_args!(
+                                "[{name}] partition starting again (reset {}, entry {entry:#x})",
+                                hv.partition(p).resets()
+                            ));
+                            state[next] = State::Ready;
+                            ended[next] = None;
+                        }
+                        Err(why) => {
+                            out(format_args!("[{name}] partition NOT RESTARTED: {why}"));
+                            ended[next] = Some(Ended::Stopped(format!("restart failed: {why}")));
                         }
                     }
                 }
-                state[next] = State::Done;
-                ended[next] = Some(e);
             }
+            Err(e) => out(format_args!(
+                "[{name}] partition reset FAILED ({e:?}): an IOMMU did not confirm; its RAM stays out of use"
+            )),
         }
     }
     ended.into_iter().map(|e| e.unwrap_or_else(|| Ended::Stopped("never ended".into()))).collect()
+}
+
+/// Load `run`'s program into its freshly reset RAM, write its start
+/// info, and put its vCPU back at the entry. Returns the entry.
+fn restart<V: Vcpu, U: Iommu, M: TableMemory, R: PhysMem>(
+    hv: &mut Hypervisor<U, M, R>,
+    run: &mut Runnable<V>,
+) -> Result<u64, String> {
+    let p = run.partition;
+    let entry = load_program(hv, p, run.boot.program, run.boot.machine)?;
+    write_start_info(hv, p, &run.name, run.boot.ram_size, &run.boot.devices)?;
+    run.vcpu.restart(entry, &mut |gpa, bytes| {
+        hv.write_guest(p, gpa, bytes)
+            .map_err(|e| format!("write {gpa:#x}: {e:?}"))
+    })?;
+    Ok(entry)
+}
+
+/// Poll the units' fault records into the partitions' queues and switch
+/// bus mastering off for each device that was newly quarantined
+/// (`bus_off`: per device index, done already).
+fn poll_faults<U: Iommu, M: TableMemory, R: PhysMem>(
+    hv: &mut Hypervisor<U, M, R>,
+    bus_off: &mut [bool],
+    seg_bdf: &[Option<u32>],
+    pci: &dyn BusMaster,
+    out: fn(Arguments<'_>),
+) {
+    hv.poll_faults();
+    for (d, off) in bus_off.iter_mut().enumerate() {
+        let dev = &hv.devices()[d];
+        if dev.quarantined && !*off {
+            *off = true;
+            let name = hv.partition(dev.partition).name();
+            match seg_bdf[d].map(|seg_bdf| (seg_bdf, pci.set_bus_master(seg_bdf, false))) {
+                Some((seg_bdf, Ok(()))) => out(format_args!(
+                    "[{name}] device {} ({:02x}:{:02x}.{}) passed the fault limit ({} fault records): bus mastering switched off",
+                    dev.id,
+                    (seg_bdf >> 8) & 0xff,
+                    (seg_bdf >> 3) & 0x1f,
+                    seg_bdf & 7,
+                    dev.faults
+                )),
+                Some((_, Err(e))) => out(format_args!(
+                    "[{name}] device {}: switching bus mastering off FAILED: {e}",
+                    dev.id
+                )),
+                None => out(format_args!(
+                    "[{name}] device {}: no PCI address to switch bus mastering off",
+                    dev.id
+                )),
+            }
+        }
+    }
 }
 
 /// Print what partition `p` wrote to its console, line by line, prefixed
@@ -287,9 +456,10 @@ pub fn run_and_report<V: Vcpu, U: Iommu, M: TableMemory, R: PhysMem>(
     hv: &mut Hypervisor<U, M, R>,
     parts: &mut [Runnable<V>],
     not_started: &[(&str, String)],
+    pci: &dyn BusMaster,
     out: fn(Arguments<'_>),
 ) -> bool {
-    let ended = run_all(hv, parts, out);
+    let ended = run_all(hv, parts, pci, out);
     hv.poll_faults();
     out(format_args!("sluice: partitions:"));
     let mut all_ok = not_started.is_empty();
@@ -341,7 +511,8 @@ pub struct Placement {
 /// partition and its devices in the core, `stage` mapping the RAM and the
 /// devices' BARs (at their CPU addresses), memory decoding and bus
 /// mastering on, the program loaded (`machine`: ELF e_machine) and the
-/// start info written. Returns the partition's index and entry point.
+/// start info written. Returns the partition's index, its entry point and
+/// what a restart needs.
 ///
 /// # Errors
 ///
@@ -352,13 +523,17 @@ pub fn create<U: Iommu, M: TableMemory, R: PhysMem, A: ConfigRegionAccess>(
     pci: &PciSegment<A>,
     functions: &[PciFunction],
     spec: &PartitionSpec,
-    programs: &[(&str, &[u8])],
+    programs: &[(&str, &'static [u8])],
     machine: u16,
     place: &dyn Fn(&PciFunction) -> Result<Placement, String>,
     stage: &mut dyn SecondStage,
     out: fn(Arguments<'_>),
-) -> Result<(usize, u64), String> {
-    let program = programs.iter().find(|(n, _)| *n == spec.program).map(|(_, b)| *b).ok_or_else(|| format!("program {} is not in the image", spec.program))?;
+) -> Result<(usize, u64, Boot), String> {
+    let program = programs
+        .iter()
+        .find(|(n, _)| *n == spec.program)
+        .map(|(_, b)| *b)
+        .ok_or_else(|| format!("program {} is not in the image", spec.program))?;
     let mut devices = Vec::new();
     for a in spec.devices {
         let bdf = Bdf::new(a.bus, a.dev, a.func);
@@ -382,6 +557,7 @@ pub fn create<U: Iommu, M: TableMemory, R: PhysMem, A: ConfigRegionAccess>(
         max_areas: 1 << 16,
     };
     let p = hv.add_partition(cfg).map_err(|e| format!("{e:?}"))?;
+    hv.set_fault_limit(p, spec.fault_limit);
     stage.map(layout::RAM_BASE, hpa, spec.ram_bytes, false)?;
     let mut start_devices = Vec::new();
     for (f, placed) in devices {
@@ -415,7 +591,14 @@ pub fn create<U: Iommu, M: TableMemory, R: PhysMem, A: ConfigRegionAccess>(
         spec.program,
         program.len()
     ));
-    Ok((p, entry))
+    let boot = Boot {
+        program,
+        machine,
+        ram_size: spec.ram_bytes,
+        devices: start_devices,
+        restarts: spec.restarts,
+    };
+    Ok((p, entry, boot))
 }
 
 /// The last line of a partitions run, from what the platform's `run`

@@ -22,6 +22,11 @@
 //! pin_limit = 1024       # pages (4 KiB) the partition may pin with IOAS_MAP;
 //!                        # default: the RAM size in pages
 //! program = "demo-a"     # the program the partition runs: one the build knows
+//! restarts = 0           # times the partition is reset and started again
+//!                        # when it ends (exit or stop); default 0
+//! fault_limit = 4096     # fault records one of its devices may cause
+//!                        # before its bus mastering is switched off;
+//!                        # 0 = no limit; default 4096
 //! ram_host = 0x80000000  # optional: fixed host-physical RAM base (boards);
 //!                        # 2 MiB aligned, no overlap with another partition's
 //! ```
@@ -124,7 +129,15 @@ pub struct PartitionSpec {
     pub pin_limit: u64,
     /// The program the partition runs.
     pub program: &'static str,
+    /// Times the partition is reset and started again when it ends.
+    pub restarts: u32,
+    /// Fault records one device may cause before it is quarantined (0:
+    /// no limit).
+    pub fault_limit: u64,
 }
+
+/// [`PartitionSpec::fault_limit`] when the manifest gives none.
+pub const DEFAULT_FAULT_LIMIT: u64 = 4096;
 
 impl PartitionSpec {
     /// RAM in 4 KiB pages.
@@ -144,8 +157,20 @@ mod tests {
         let d = D;
         assert_eq!(d.seg_bdf(), 0x1_2aff);
         assert_eq!(std::format!("{d}"), "0001:2a:1f.7");
-        assert_eq!(std::format!("{}", DeviceAddr::new(0, 0, 3, 0)), "0000:00:03.0");
-        let p = PartitionSpec { name: "A", ram_bytes: 8 << 20, ram_host: None, devices: &[D], pin_limit: 1, program: "x" };
+        assert_eq!(
+            std::format!("{}", DeviceAddr::new(0, 0, 3, 0)),
+            "0000:00:03.0"
+        );
+        let p = PartitionSpec {
+            name: "A",
+            ram_bytes: 8 << 20,
+            ram_host: None,
+            devices: &[D],
+            pin_limit: 1,
+            program: "x",
+            restarts: 0,
+            fault_limit: 0,
+        };
         assert_eq!(p.ram_pages(), 2048);
     }
 }

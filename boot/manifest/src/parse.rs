@@ -53,6 +53,10 @@ pub enum ErrorKind {
     TooManyDevices,
     /// A negative `pin_limit`.
     BadPinLimit,
+    /// A `restarts` that is negative or above 1000.
+    BadRestarts,
+    /// A negative `fault_limit`.
+    BadFaultLimit,
     /// An empty program name, or one the build does not know.
     UnknownProgram,
 }
@@ -130,6 +134,11 @@ pub struct Partition {
     pub pin_limit: u64,
     /// The program it runs.
     pub program: String,
+    /// Times it is reset and started again when it ends.
+    pub restarts: u32,
+    /// Fault records one device may cause before its bus mastering is
+    /// switched off; 0: no limit.
+    pub fault_limit: u64,
     /// The line of its `[[partition]]` header.
     pub line: usize,
 }
@@ -137,6 +146,9 @@ pub struct Partition {
 /// One past the highest physical address either architecture can have
 /// (x86_64 MAXPHYADDR and Arm FEAT_LPA both top out at 52 bits).
 const MAX_PHYS: u64 = 1 << 52;
+
+/// Most `restarts` a partition may ask for.
+const MAX_RESTARTS: u32 = 1000;
 
 /// Pass 1: where the partitions are and what they are called.
 #[derive(Deserialize)]
@@ -162,6 +174,8 @@ struct RawPartition {
     devices: Option<Spanned<Vec<Spanned<String>>>>,
     pin_limit: Option<Spanned<i64>>,
     program: Option<Spanned<String>>,
+    restarts: Option<Spanned<i64>>,
+    fault_limit: Option<Spanned<i64>>,
 }
 
 /// Where each partition starts, for naming the partition of an error.
@@ -344,6 +358,31 @@ impl Checker<'_> {
                 .map_err(|_| err(ErrorKind::BadPinLimit, limit.span().start, format!("pin_limit {} is negative", limit.get_ref())))?,
         };
 
+        // restarts, fault_limit
+        let restarts = match raw.restarts {
+            None => 0,
+            Some(r) => u32::try_from(*r.get_ref())
+                .ok()
+                .filter(|&r| r <= MAX_RESTARTS)
+                .ok_or_else(|| {
+                    err(
+                        ErrorKind::BadRestarts,
+                        r.span().start,
+                        format!("restarts {} is not in 0..={MAX_RESTARTS}", r.get_ref()),
+                    )
+                })?,
+        };
+        let fault_limit = match raw.fault_limit {
+            None => crate::DEFAULT_FAULT_LIMIT,
+            Some(l) => u64::try_from(*l.get_ref()).map_err(|_| {
+                err(
+                    ErrorKind::BadFaultLimit,
+                    l.span().start,
+                    format!("fault_limit {} is negative", l.get_ref()),
+                )
+            })?,
+        };
+
         // program
         let program = raw.program.ok_or_else(|| missing("program", "the program it runs, e.g. program = \"demo-a\""))?;
         let at = program.span().start;
@@ -367,6 +406,8 @@ impl Checker<'_> {
             devices,
             pin_limit,
             program,
+            restarts,
+            fault_limit,
             line: header_line,
         });
         Ok(())
@@ -491,6 +532,8 @@ impl Manifest {
             s.push_str("],\n");
             s.push_str(&format!("        pin_limit: {},\n", p.pin_limit));
             s.push_str(&format!("        program: {:?},\n", p.program));
+            s.push_str(&format!("        restarts: {},\n", p.restarts));
+            s.push_str(&format!("        fault_limit: {},\n", p.fault_limit));
             s.push_str("    },\n");
         }
         s.push_str("];\n");

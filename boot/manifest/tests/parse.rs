@@ -115,7 +115,7 @@ fn unknown_keys() {
         ErrorKind::UnknownKey,
         Some(11),
         Some("partition \"B\""),
-        "unknown field `colour`, expected one of `name`, `ram`, `ram_host`, `devices`, `pin_limit`, `program`",
+        "unknown field `colour`, expected one of `name`, `ram`, `ram_host`, `devices`, `pin_limit`, `program`, `restarts`, `fault_limit`",
     );
     assert_err(
         &format!("version = 1\n{}", two("")),
@@ -131,7 +131,7 @@ fn unknown_keys() {
         ErrorKind::UnknownKey,
         Some(4),
         Some("partition \"A\""),
-        "unknown field `device`, expected one of `name`, `ram`, `ram_host`, `devices`, `pin_limit`, `program`",
+        "unknown field `device`, expected one of `name`, `ram`, `ram_host`, `devices`, `pin_limit`, `program`, `restarts`, `fault_limit`",
     );
 }
 
@@ -327,4 +327,31 @@ fn errors_print_with_line_partition_and_path() {
     let e = err("");
     assert_eq!(e.at("m.toml"), "m.toml: no partitions: the manifest needs at least one [[partition]] table");
     let _: &dyn std::error::Error = &e;
+}
+
+#[test]
+fn restarts_and_fault_limit() {
+    let base = "[[partition]]\nname = \"A\"\nram = \"4M\"\nprogram = \"demo-a\"\n";
+    let m = parse(base, &["demo-a"]).unwrap();
+    assert_eq!(
+        (m.partitions[0].restarts, m.partitions[0].fault_limit),
+        (0, sluice_manifest::DEFAULT_FAULT_LIMIT)
+    );
+    let m = parse(
+        &format!("{base}restarts = 2\nfault_limit = 0\n"),
+        &["demo-a"],
+    )
+    .unwrap();
+    assert_eq!(
+        (m.partitions[0].restarts, m.partitions[0].fault_limit),
+        (2, 0)
+    );
+    for (extra, kind) in [
+        ("restarts = -1", ErrorKind::BadRestarts),
+        ("restarts = 1001", ErrorKind::BadRestarts),
+        ("fault_limit = -5", ErrorKind::BadFaultLimit),
+    ] {
+        let e = parse(&format!("{base}{extra}\n"), &["demo-a"]).unwrap_err();
+        assert_eq!((e.kind, e.line), (kind, Some(5)), "{extra}");
+    }
 }

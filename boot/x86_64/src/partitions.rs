@@ -41,6 +41,11 @@ const EM_X86_64: u16 = 62;
 pub fn run(boot: &BootInfo) -> Result<bool, String> {
     let Machine { mut hv, pci, functions, dmar } = Machine::bring_up(boot)?;
     svm::enable().map_err(String::from)?;
+    // From here on, a command that would outgrow the heap fails with
+    // ENOMEM instead of the allocator panicking.
+    hv.set_heap_budget(alloc::boxed::Box::new(sluice_boot::heap::CoreBudget::new(
+        partition::HEAP_MARGIN,
+    )));
     let mut runnable = Vec::new();
     let mut not_started = Vec::new();
     for (i, spec) in PARTITIONS.iter().enumerate() {
@@ -52,8 +57,15 @@ pub fn run(boot: &BootInfo) -> Result<bool, String> {
             }
         }
     }
-    let all_ok = partition::run_and_report(&mut hv, &mut runnable, &not_started, |line| println!("{line}"));
+    let all_ok = partition::run_and_report(&mut hv, &mut runnable, &not_started, &pci, |line| {
+        println!("{line}")
+    });
     report_units(&mut hv);
+    println!(
+        "sluice: core heap: {} bytes charged at the end, {} bytes of the heap free",
+        hv.heap_charged(),
+        sluice_boot::heap::free_bytes()
+    );
     Ok(all_ok)
 }
 
@@ -88,14 +100,40 @@ fn start(
         Ok(Placement { unit, rid: u32::from(f.bdf.rid()), regions, bars })
     };
     let mut stage = Nested(Npt::new().map_err(String::from)?);
-    let (p, entry) = partition::create(hv, pci, functions, spec, PROGRAMS, EM_X86_64, &place, &mut stage, |line| println!("{line}"))?;
-    let cr3 = svm::guest_page_tables(|gpa, bytes| hv.write_guest(p, gpa, bytes).map_err(|e| format!("guest page tables: {e:?}")))?;
+    let (p, entry, boot) = partition::create(
+        hv,
+        pci,
+        functions,
+        spec,
+        PROGRAMS,
+        EM_X86_64,
+        &place,
+        &mut stage,
+        |line| println!("{line}"),
+    )?;
+    let cr3 = svm::guest_page_tables(|gpa, bytes| {
+        hv.write_guest(p, gpa, bytes)
+            .map_err(|e| format!("guest page tables: {e:?}"))
+    })?;
     let ncr3 = stage.0.root();
     println!("[{}] ASID {asid}, nested root {ncr3:#x}", spec.name);
     // The nested tables stay allocated for good: this version never tears
     // a partition down (the frames are not given back).
-    let vcpu = SvmVcpu::new(entry, layout::STACK_TOP_GPA, layout::START_INFO_GPA, cr3, ncr3, asid).map_err(String::from)?;
-    Ok(Runnable { partition: p, name: spec.name.to_string(), vcpu })
+    let vcpu = SvmVcpu::new(
+        entry,
+        layout::STACK_TOP_GPA,
+        layout::START_INFO_GPA,
+        cr3,
+        ncr3,
+        asid,
+    )
+    .map_err(String::from)?;
+    Ok(Runnable {
+        partition: p,
+        name: spec.name.to_string(),
+        vcpu,
+        boot,
+    })
 }
 
 fn report_units(hv: &mut Hv) {

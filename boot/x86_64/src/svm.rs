@@ -17,7 +17,7 @@ use alloc::string::String;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use sluice_boot::frames;
-use sluice_boot::partition::{Exit, Vcpu};
+use sluice_boot::partition::{Exit, GuestWrite, Vcpu};
 use sluice_kernel::abi::layout;
 
 /// EFER.SVME.
@@ -312,6 +312,12 @@ pub fn guest_page_tables(mut write: impl FnMut(u64, &[u8]) -> Result<(), String>
 #[derive(Debug)]
 pub struct SvmVcpu {
     vmcb: u64,
+    iopm: u64,
+    msrpm: u64,
+    ncr3: u64,
+    asid: u32,
+    rsp: u64,
+    arg: u64,
     gprs: Gprs,
     first: bool,
     last_exit: (u64, u64, u64),
@@ -358,15 +364,43 @@ impl SvmVcpu {
                 }
             }
         }
-        put(vmcb, C_INTERCEPT_MISC1, I_INTR | I_NMI | I_HLT | I_IOIO | I_MSR | I_SHUTDOWN);
+        let mut vcpu = Self {
+            vmcb,
+            iopm,
+            msrpm,
+            ncr3,
+            asid,
+            rsp,
+            arg,
+            gprs: Gprs::default(),
+            first: true,
+            last_exit: (0, 0, 0),
+            intr_storm: 0,
+        };
+        vcpu.init(entry, cr3);
+        Ok(vcpu)
+    }
+
+    /// Put the VMCB and the registers in the start state: entering
+    /// `entry` in 64-bit mode, paging through `cr3`.
+    fn init(&mut self, entry: u64, cr3: u64) {
+        let vmcb = self.vmcb;
+        for w in words(vmcb) {
+            w.store(0, Ordering::Relaxed);
+        }
+        put(
+            vmcb,
+            C_INTERCEPT_MISC1,
+            I_INTR | I_NMI | I_HLT | I_IOIO | I_MSR | I_SHUTDOWN,
+        );
         put(vmcb, C_INTERCEPT_MISC2, I_SVM_INSNS);
-        put(vmcb, C_IOPM_BASE, iopm);
-        put(vmcb, C_MSRPM_BASE, msrpm);
-        put(vmcb, C_ASID, asid);
+        put(vmcb, C_IOPM_BASE, self.iopm);
+        put(vmcb, C_MSRPM_BASE, self.msrpm);
+        put(vmcb, C_ASID, self.asid);
         // V_INTR_MASKING: the guest's IF does not mask the host's interrupts.
         put(vmcb, C_VINTR, 1u64 << 24);
         put(vmcb, C_NP_ENABLE, 1u64);
-        put(vmcb, C_N_CR3, ncr3);
+        put(vmcb, C_N_CR3, self.ncr3);
         // 64-bit code, flat data, a busy 64-bit TSS (VMRUN wants a usable TR).
         segment(vmcb, S_CS, 0x08, 0xa9b, 0xffff_ffff, 0);
         for off in [S_ES, S_SS, S_DS, S_FS, S_GS] {
@@ -386,12 +420,14 @@ impl SvmVcpu {
         put(vmcb, S_DR7, 0x400u64);
         put(vmcb, S_RFLAGS, 0x2u64);
         put(vmcb, S_RIP, entry);
-        put(vmcb, S_RSP, rsp);
+        put(vmcb, S_RSP, self.rsp);
         put(vmcb, S_RAX, 0u64);
         put(vmcb, S_G_PAT, 0x0007_0406_0007_0406u64);
-        let mut gprs = Gprs::default();
-        gprs.r[RDI] = arg;
-        Ok(Self { vmcb, gprs, first: true, last_exit: (0, 0, 0), intr_storm: 0 })
+        self.gprs = Gprs::default();
+        self.gprs.r[RDI] = self.arg;
+        self.first = true;
+        self.last_exit = (0, 0, 0);
+        self.intr_storm = 0;
     }
 
     fn rip(&self) -> u64 {
@@ -449,6 +485,13 @@ impl Vcpu for SvmVcpu {
 
     fn set_return(&mut self, value: i64) {
         put(self.vmcb, S_RAX, value as u64);
+    }
+
+    fn restart(&mut self, entry: u64, write: &mut GuestWrite<'_>) -> Result<(), String> {
+        // The guest's page tables live in its RAM, which the reset zeroed.
+        let cr3 = guest_page_tables(|gpa, bytes| write(gpa, bytes))?;
+        self.init(entry, cr3);
+        Ok(())
     }
 
     fn pc(&self) -> u64 {

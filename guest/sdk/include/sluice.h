@@ -93,6 +93,7 @@ extern "C" {
 #define SLUICE_FAULT_OTHER 4u
 #define SLUICE_FAULT_FLAG_READ 1u
 #define SLUICE_FAULT_FLAG_WRITE 2u
+#define SLUICE_FAULT_FLAG_BUS_MASTER_OFF 0x80000000u /* reason OTHER, iova 0: the device was quarantined */
 
 /* resv_range.type. */
 #define SLUICE_RESV_MSI 1u
@@ -330,6 +331,8 @@ struct sluice_start_info {
 	uint64_t ram_size;
 	char name[SLUICE_START_NAME_LEN]; /* NUL padded, NUL terminated */
 	struct sluice_start_device devices[SLUICE_START_MAX_DEVICES];
+	uint32_t resets;   /* times the partition was reset before this start */
+	uint32_t reserved;
 };
 
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_iova_range) == 16, "iova_range");
@@ -355,7 +358,7 @@ SLUICE_STATIC_ASSERT(sizeof(struct sluice_fault_record) == 24, "fault_record");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_console_write) == 16, "console_write");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_partition_exit) == 8, "partition_exit");
 SLUICE_STATIC_ASSERT(sizeof(struct sluice_start_device) == 32, "start_device");
-SLUICE_STATIC_ASSERT(sizeof(struct sluice_start_info) == 320, "start_info");
+SLUICE_STATIC_ASSERT(sizeof(struct sluice_start_info) == 328, "start_info");
 
 /*
  * The hypercall: returns 0 or -errno. The hypervisor may read and write

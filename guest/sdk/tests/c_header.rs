@@ -138,7 +138,7 @@ fn structs() -> Vec<(Option<u32>, Struct)> {
         (
             None,
             abi_struct!(StartInfo => "sluice_start_info" {
-                magic, version, partition, num_devices, ram_base, ram_size, name, devices
+                magic, version, partition, num_devices, ram_base, ram_size, name, devices, resets, reserved
             }),
         ),
     ]
@@ -164,6 +164,10 @@ fn constants() -> Vec<(&'static str, i128)> {
         ("SLUICE_FAULT_OTHER", fault_reason::OTHER.into()),
         ("SLUICE_FAULT_FLAG_READ", fault_reason::FLAG_READ.into()),
         ("SLUICE_FAULT_FLAG_WRITE", fault_reason::FLAG_WRITE.into()),
+        (
+            "SLUICE_FAULT_FLAG_BUS_MASTER_OFF",
+            fault_reason::FLAG_BUS_MASTER_OFF.into(),
+        ),
         ("SLUICE_RESV_MSI", resv_type::MSI.into()),
         ("SLUICE_RESV_DIRECT", resv_type::DIRECT.into()),
         ("SLUICE_RESV_APERTURE", resv_type::APERTURE.into()),

@@ -7,6 +7,8 @@ pub static PARTITIONS: &[sluice_manifest::PartitionSpec] = &[
         devices: &[sluice_manifest::DeviceAddr { segment: 0x0, bus: 0x0, dev: 0x3, func: 0 }, sluice_manifest::DeviceAddr { segment: 0x1, bus: 0x2a, dev: 0x1f, func: 7 }],
         pin_limit: 4096,
         program: "demo-a",
+        restarts: 0,
+        fault_limit: 4096,
     },
     sluice_manifest::PartitionSpec {
         name: "store_1.x",
@@ -15,6 +17,8 @@ pub static PARTITIONS: &[sluice_manifest::PartitionSpec] = &[
         devices: &[],
         pin_limit: 1024,
         program: "hello \"quoted\"",
+        restarts: 0,
+        fault_limit: 4096,
     },
     sluice_manifest::PartitionSpec {
         name: "C",
@@ -23,5 +27,7 @@ pub static PARTITIONS: &[sluice_manifest::PartitionSpec] = &[
         devices: &[sluice_manifest::DeviceAddr { segment: 0x0, bus: 0xff, dev: 0x0, func: 1 }],
         pin_limit: 0,
         program: "demo-b",
+        restarts: 3,
+        fault_limit: 0,
     },
 ];

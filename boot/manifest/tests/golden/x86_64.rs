@@ -7,6 +7,8 @@ pub static PARTITIONS: &[sluice_manifest::PartitionSpec] = &[
         devices: &[sluice_manifest::DeviceAddr { segment: 0x0, bus: 0x0, dev: 0x3, func: 0 }],
         pin_limit: 1024,
         program: "demo-a",
+        restarts: 0,
+        fault_limit: 4096,
     },
     sluice_manifest::PartitionSpec {
         name: "B",
@@ -15,5 +17,7 @@ pub static PARTITIONS: &[sluice_manifest::PartitionSpec] = &[
         devices: &[sluice_manifest::DeviceAddr { segment: 0x0, bus: 0x0, dev: 0x4, func: 0 }],
         pin_limit: 1024,
         program: "demo-b",
+        restarts: 0,
+        fault_limit: 4096,
     },
 ];
