@@ -14,7 +14,10 @@
 #      and as arm64 Image (tests/qemu/aarch64-boot.sh), and the aarch64
 #      SMMUv3 self-test, stage 2 and stage 1, checked against QEMU's trace
 #      (tests/qemu/aarch64-selftest.sh), and the isolation demo with guest
-#      partitions on both (tests/qemu/demo.sh).
+#      partitions on both (tests/qemu/demo.sh), and the reliability run on
+#      both: a partition reset during DMA, a device quarantined at its
+#      fault limit, a 276,480-fault storm with a timed bystander
+#      (tests/qemu/reliability.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -108,6 +111,15 @@ grep -q '^qemu aarch64 demo checks: .* 0 failed' target/qemu-demo-aarch64.log ||
 read -r d_passed d_failed < <(sed -n 's/^qemu aarch64 demo checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p' target/qemu-demo-aarch64.log | tail -1)
 qemu_passed=$((qemu_passed + ${d_passed:-0}))
 qemu_failed=$((qemu_failed + ${d_failed:-1}))
+
+for arch in x86_64 aarch64; do
+  step "QEMU: reliability on $arch (reset during DMA, quarantine, fault storm)"
+  tests/qemu/reliability.sh "$arch" 2>&1 | tee "target/qemu-reliability-$arch.log" | grep -E '^(ok|FAIL|--|bench)' || true
+  grep -q "^qemu $arch reliability checks: .* 0 failed" "target/qemu-reliability-$arch.log" || qemu_status=1
+  read -r d_passed d_failed < <(sed -n "s/^qemu $arch reliability checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p" "target/qemu-reliability-$arch.log" | tail -1)
+  qemu_passed=$((qemu_passed + ${d_passed:-0}))
+  qemu_failed=$((qemu_failed + ${d_failed:-1}))
+done
 
 step "QEMU: aarch64 SMMUv3 self-test (stage 2, stage 1, malformed entry)"
 tests/qemu/aarch64-selftest.sh 2>&1 | tee target/qemu-aarch64-smmu.log | grep -E '^(ok|FAIL|--)' || true
