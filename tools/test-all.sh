@@ -13,8 +13,12 @@
 #      (tests/qemu/x86_64-selftest.sh), the aarch64 image at EL2 as ELF
 #      and as arm64 Image (tests/qemu/aarch64-boot.sh), and the aarch64
 #      SMMUv3 self-test, stage 2 and stage 1, checked against QEMU's trace
-#      (tests/qemu/aarch64-selftest.sh), and the isolation demo with guest
-#      partitions on both (tests/qemu/demo.sh).
+#      (tests/qemu/aarch64-selftest.sh), the isolation demo with guest
+#      partitions on both (tests/qemu/demo.sh), and the ABI suite on both
+#      (tests/qemu/abi.sh: every hypercall with its error paths in a
+#      partition, compared line for line with hvsim; GET_HW_INFO against
+#      QEMU's IOMMU registers; a partition stopped for touching memory not
+#      its own while a third one is still served).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -108,6 +112,15 @@ grep -q '^qemu aarch64 demo checks: .* 0 failed' target/qemu-demo-aarch64.log ||
 read -r d_passed d_failed < <(sed -n 's/^qemu aarch64 demo checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p' target/qemu-demo-aarch64.log | tail -1)
 qemu_passed=$((qemu_passed + ${d_passed:-0}))
 qemu_failed=$((qemu_failed + ${d_failed:-1}))
+
+for a in x86_64 aarch64; do
+  step "QEMU: the ABI suite on $a, compared with hvsim; a stopped partition; the others served"
+  tests/qemu/abi.sh "$a" 2>&1 | tee "target/qemu-abi-$a.log" | grep -E '^(ok|FAIL|--|[-+](case|sweep|suite))' || true
+  grep -q "^qemu $a abi checks: .* 0 failed" "target/qemu-abi-$a.log" || qemu_status=1
+  read -r d_passed d_failed < <(sed -n "s/^qemu $a abi checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p" "target/qemu-abi-$a.log" | tail -1)
+  qemu_passed=$((qemu_passed + ${d_passed:-0}))
+  qemu_failed=$((qemu_failed + ${d_failed:-1}))
+done
 
 step "QEMU: aarch64 SMMUv3 self-test (stage 2, stage 1, malformed entry)"
 tests/qemu/aarch64-selftest.sh 2>&1 | tee target/qemu-aarch64-smmu.log | grep -E '^(ok|FAIL|--)' || true
