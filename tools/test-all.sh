@@ -13,11 +13,15 @@
 #      (tests/qemu/x86_64-selftest.sh), the aarch64 image at EL2 as ELF
 #      and as arm64 Image (tests/qemu/aarch64-boot.sh), and the aarch64
 #      SMMUv3 self-test, stage 2 and stage 1, checked against QEMU's trace
-#      (tests/qemu/aarch64-selftest.sh), and the isolation demo with guest
-#      partitions on both (tests/qemu/demo.sh), and the reliability run on
+#      (tests/qemu/aarch64-selftest.sh), the isolation demo with guest
+#      partitions on both (tests/qemu/demo.sh), the reliability run on
 #      both: a partition reset during DMA, a device quarantined at its
 #      fault limit, a 276,480-fault storm with a timed bystander
-#      (tests/qemu/reliability.sh).
+#      (tests/qemu/reliability.sh), and the ABI suite on both
+#      (tests/qemu/abi.sh: every hypercall with its error paths in a
+#      partition, compared line for line with hvsim; GET_HW_INFO against
+#      QEMU's IOMMU registers; a partition stopped for touching memory not
+#      its own while a third one is still served).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -117,6 +121,15 @@ for arch in x86_64 aarch64; do
   tests/qemu/reliability.sh "$arch" 2>&1 | tee "target/qemu-reliability-$arch.log" | grep -E '^(ok|FAIL|--|bench)' || true
   grep -q "^qemu $arch reliability checks: .* 0 failed" "target/qemu-reliability-$arch.log" || qemu_status=1
   read -r d_passed d_failed < <(sed -n "s/^qemu $arch reliability checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p" "target/qemu-reliability-$arch.log" | tail -1)
+  qemu_passed=$((qemu_passed + ${d_passed:-0}))
+  qemu_failed=$((qemu_failed + ${d_failed:-1}))
+done
+
+for a in x86_64 aarch64; do
+  step "QEMU: the ABI suite on $a, compared with hvsim; a stopped partition; the others served"
+  tests/qemu/abi.sh "$a" 2>&1 | tee "target/qemu-abi-$a.log" | grep -E '^(ok|FAIL|--|[-+](case|sweep|suite))' || true
+  grep -q "^qemu $a abi checks: .* 0 failed" "target/qemu-abi-$a.log" || qemu_status=1
+  read -r d_passed d_failed < <(sed -n "s/^qemu $a abi checks: \([0-9]*\) passed, \([0-9]*\) failed/\1 \2/p" "target/qemu-abi-$a.log" | tail -1)
   qemu_passed=$((qemu_passed + ${d_passed:-0}))
   qemu_failed=$((qemu_failed + ${d_failed:-1}))
 done

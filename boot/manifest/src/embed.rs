@@ -55,7 +55,10 @@ pub fn build_script(target: &str) {
     let names: Vec<&str> = known.iter().map(|(n, _)| n.as_str()).collect();
     let manifest = crate::parse(&text, &names).unwrap_or_else(|e| panic!("\n\n{}\n", e.at(&path.display().to_string())));
 
-    for dir in ["guest", "abi"] {
+    // Everything the programs are built from: the SDK and programs, the
+    // ABI crate, and the ABI suite's case library (guest/programs' bin
+    // abi-suite depends on it).
+    for dir in ["guest", "abi", "tests/abi-suite"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let target_dir = env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from).join("guests");

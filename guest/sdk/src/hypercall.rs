@@ -79,6 +79,53 @@ fn arch_hypercall(nr: u32, gpa: u64) -> i64 {
     ret as i64
 }
 
+/// The hypercall instruction with `reg0` in the first register as given
+/// (x86_64 `rax`, aarch64 `x0`: no SMCCC base is added) and `gpa` in the
+/// second; returns the first register afterwards. For tests of the
+/// calling convention itself ([`crate::raw::RawRam::hypercall`]).
+///
+/// # Safety
+///
+/// As for [`hypercall`], for whatever command `reg0` names.
+pub(crate) unsafe fn raw_hypercall(reg0: u64, gpa: u64) -> i64 {
+    arch_raw(reg0, gpa)
+}
+
+#[cfg(all(target_os = "none", target_arch = "x86_64"))]
+fn arch_raw(reg0: u64, gpa: u64) -> i64 {
+    let ret: u64;
+    // SAFETY: as in `arch_hypercall`; `rax` holds `reg0` unchanged.
+    unsafe {
+        core::arch::asm!("vmmcall", inlateout("rax") reg0 => ret, in("rdi") gpa, options(nostack));
+    }
+    ret as i64
+}
+
+#[cfg(all(target_os = "none", target_arch = "aarch64"))]
+fn arch_raw(reg0: u64, gpa: u64) -> i64 {
+    let ret: u64;
+    // SAFETY: as in `arch_hypercall`; `x0` holds `reg0` unchanged.
+    unsafe {
+        core::arch::asm!(
+            "hvc #0",
+            inlateout("x0") reg0 => ret,
+            inlateout("x1") gpa => _,
+            lateout("x2") _,
+            lateout("x3") _,
+            options(nostack),
+        );
+    }
+    ret as i64
+}
+
+#[cfg(not(target_os = "none"))]
+fn arch_raw(reg0: u64, gpa: u64) -> i64 {
+    match crate::raw::decode_register(reg0) {
+        Some(nr) => host::dispatch(nr, gpa),
+        None => Errno::ENOTTY.to_return(),
+    }
+}
+
 #[cfg(all(target_os = "none", not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
 compile_error!("sluice-guest supports x86_64 and aarch64 partitions only");
 

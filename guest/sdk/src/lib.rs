@@ -18,6 +18,8 @@
 //! - [`edu`]: a driver for QEMU's edu DMA test device at the BAR0 the
 //!   start info names;
 //! - [`time`]: the CPU's counter for bounded waits;
+//! - [`raw`]: a claimed range of free RAM with byte access and raw
+//!   hypercalls that cannot write outside it, for error-path tests;
 //! - the runtime: `_start`, the [`entry!`] macro, a panic handler that
 //!   prints and exits with [`EXIT_PANIC`], and the linker scripts
 //!   (`guest/sdk/link-x86_64.ld`, `link-aarch64.ld`).
@@ -95,6 +97,7 @@ pub mod console;
 pub mod edu;
 pub mod hc;
 mod hypercall;
+pub mod raw;
 mod rt;
 pub mod time;
 

@@ -8,6 +8,7 @@
 //! only the core's invalidations clear: a missing invalidation shows up as
 //! a DMA that still reaches unmapped memory.
 
+pub mod abisuite;
 pub mod fuzzops;
 pub mod script;
 pub mod sim;
