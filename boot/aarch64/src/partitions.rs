@@ -47,11 +47,7 @@ const EM_AARCH64: u16 = 183;
 pub fn run(boot: &BootInfo) -> Result<bool, String> {
     let Machine { mut hv, pci, functions, map } = Machine::bring_up(boot, StagePreference::Auto)?;
     let (pa_bits, ps) = cpu_pa_range();
-    // From here on, a command that would outgrow the heap fails with
-    // ENOMEM instead of the allocator panicking.
-    hv.set_heap_budget(alloc::boxed::Box::new(sluice_boot::heap::CoreBudget::new(
-        partition::HEAP_MARGIN,
-    )));
+    partition::install_heap_budget(&mut hv);
     let mut runnable = Vec::new();
     let mut not_started = Vec::new();
     for (i, spec) in PARTITIONS.iter().enumerate() {
@@ -63,15 +59,8 @@ pub fn run(boot: &BootInfo) -> Result<bool, String> {
             }
         }
     }
-    let all_ok = partition::run_and_report(&mut hv, &mut runnable, &not_started, &pci, |line| {
-        println!("{line}")
-    });
+    let all_ok = partition::run_and_report(&mut hv, &mut runnable, &not_started, &pci, |line| println!("{line}"));
     report_units(&mut hv);
-    println!(
-        "sluice: core heap: {} bytes charged at the end, {} bytes of the heap free",
-        hv.heap_charged(),
-        sluice_boot::heap::free_bytes()
-    );
     Ok(all_ok)
 }
 
@@ -128,17 +117,7 @@ fn start(
     let fmt = ArmStage2::new(IPA_BITS, pa_bits, LeafSizes::SZ_2M | LeafSizes::SZ_1G).map_err(|e| format!("{e:?}"))?;
     let table = PageTable::new(fmt, &mut mem).map_err(|e| format!("stage 2: {e:?}"))?;
     let mut stage = Stage2 { table, mem };
-    let (p, entry, boot) = partition::create(
-        hv,
-        pci,
-        functions,
-        spec,
-        PROGRAMS,
-        EM_AARCH64,
-        &place,
-        &mut stage,
-        |line| println!("{line}"),
-    )?;
+    let (p, entry, boot) = partition::create(hv, pci, functions, spec, PROGRAMS, EM_AARCH64, &place, &mut stage, |line| println!("{line}"))?;
     // VTCR_EL2: RES1 bit 31, PS, TG0 4 KiB, SH0 inner, ORGN0/IRGN0
     // write-back, SL0 and T0SZ from the format.
     let vtcr = (1 << 31) | (ps << 16) | (0b11 << 12) | (0b01 << 10) | (0b01 << 8) | (u64::from(fmt.sl0()) << 6) | u64::from(fmt.t0sz());
@@ -146,20 +125,8 @@ fn start(
     println!("[{}] VMID {vmid}, stage-2 root {root:#x}", spec.name);
     // The stage-2 tables stay allocated for good: this version never tears
     // a partition down (the frames are not given back).
-    let vcpu = El1Vcpu::new(
-        entry,
-        layout::STACK_TOP_GPA,
-        layout::START_INFO_GPA,
-        root,
-        vmid,
-        vtcr,
-    );
-    Ok(Runnable {
-        partition: p,
-        name: spec.name.to_string(),
-        vcpu,
-        boot,
-    })
+    let vcpu = El1Vcpu::new(entry, layout::STACK_TOP_GPA, layout::START_INFO_GPA, root, vmid, vtcr);
+    Ok(Runnable { partition: p, name: spec.name.to_string(), vcpu, boot })
 }
 
 fn report_units(hv: &mut Hv) {

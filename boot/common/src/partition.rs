@@ -232,6 +232,15 @@ enum State {
     Done,
 }
 
+/// Install the core's heap budget over the hypervisor heap
+/// ([`crate::heap::CoreBudget`], less [`HEAP_MARGIN`]): from here on a
+/// command that would outgrow the heap fails with ENOMEM instead of the
+/// allocator panicking. Call once the platform is up, before partitions
+/// are made.
+pub fn install_heap_budget<U: Iommu, M: TableMemory, R: PhysMem>(hv: &mut Hypervisor<U, M, R>) {
+    hv.set_heap_budget(alloc::boxed::Box::new(crate::heap::CoreBudget::new(HEAP_MARGIN)));
+}
+
 /// Heap kept out of the core's budget (`heap::CoreBudget`) for what the
 /// platform allocates while partitions run (console lines, reports) and
 /// for fragmentation.
@@ -478,6 +487,7 @@ pub fn run_and_report<V: Vcpu, U: Iommu, M: TableMemory, R: PhysMem>(
         out(format_args!("sluice: core invariants BROKEN: {e}"));
         all_ok = false;
     }
+    out(format_args!("sluice: core heap: {} bytes charged at the end, {} bytes of the heap free", hv.heap_charged(), crate::heap::free_bytes()));
     all_ok
 }
 

@@ -41,11 +41,7 @@ const EM_X86_64: u16 = 62;
 pub fn run(boot: &BootInfo) -> Result<bool, String> {
     let Machine { mut hv, pci, functions, dmar } = Machine::bring_up(boot)?;
     svm::enable().map_err(String::from)?;
-    // From here on, a command that would outgrow the heap fails with
-    // ENOMEM instead of the allocator panicking.
-    hv.set_heap_budget(alloc::boxed::Box::new(sluice_boot::heap::CoreBudget::new(
-        partition::HEAP_MARGIN,
-    )));
+    partition::install_heap_budget(&mut hv);
     let mut runnable = Vec::new();
     let mut not_started = Vec::new();
     for (i, spec) in PARTITIONS.iter().enumerate() {
@@ -57,15 +53,8 @@ pub fn run(boot: &BootInfo) -> Result<bool, String> {
             }
         }
     }
-    let all_ok = partition::run_and_report(&mut hv, &mut runnable, &not_started, &pci, |line| {
-        println!("{line}")
-    });
+    let all_ok = partition::run_and_report(&mut hv, &mut runnable, &not_started, &pci, |line| println!("{line}"));
     report_units(&mut hv);
-    println!(
-        "sluice: core heap: {} bytes charged at the end, {} bytes of the heap free",
-        hv.heap_charged(),
-        sluice_boot::heap::free_bytes()
-    );
     Ok(all_ok)
 }
 
@@ -100,17 +89,7 @@ fn start(
         Ok(Placement { unit, rid: u32::from(f.bdf.rid()), regions, bars })
     };
     let mut stage = Nested(Npt::new().map_err(String::from)?);
-    let (p, entry, boot) = partition::create(
-        hv,
-        pci,
-        functions,
-        spec,
-        PROGRAMS,
-        EM_X86_64,
-        &place,
-        &mut stage,
-        |line| println!("{line}"),
-    )?;
+    let (p, entry, boot) = partition::create(hv, pci, functions, spec, PROGRAMS, EM_X86_64, &place, &mut stage, |line| println!("{line}"))?;
     let cr3 = svm::guest_page_tables(|gpa, bytes| {
         hv.write_guest(p, gpa, bytes)
             .map_err(|e| format!("guest page tables: {e:?}"))
